@@ -1,0 +1,1 @@
+"""Which weights exist, where they live, how they are downloaded and loaded."""

@@ -1,0 +1,1 @@
+"""Worker plumbing: settings, storage, safe fetching."""
