@@ -14,13 +14,15 @@ large ones (the gaps of a chair).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from models.segmentation import IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME, SEGMENTATION_MODEL, input_side
+from models.segmentation import (IMAGENET_MEAN, IMAGENET_STD, INPUT_NAME, OUTPUT_NAME, SEGMENTATION_MODEL, input_side,
+                                 load_session, segmentation_model_path)
 
 CheckFn = Callable[[], None]
 """Called between iterations; raises to stop (the job's deadline)."""
@@ -181,3 +183,49 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:  # [H, W] bool -> [H, W] bool
 BACKENDS: dict[str, Callable[..., np.ndarray]] = {SEGMENTATION_MODEL: model_mask, "grabcut": grabcut_mask}
 """Background removal backends by name: fn(rgb [H,W,3] uint8, *, check, known_background, **options) -> [H,W]
 bool. Model backends need their loaded model passed as an option (session=)."""
+
+
+class BackgroundRemover:
+    """The backend a job uses: the segmentation model when its weights are under `models_dir` (its session
+    loaded on first use, then shared by the process), else GrabCut. `method` names the one that ran."""
+
+    def __init__(self, models_dir: Path | None, device: str = "cpu") -> None:
+        self._models_dir = models_dir
+        self._device = device
+        self._resolved: tuple[str, dict[str, Any]] | None = None
+
+    def _resolve(self) -> tuple[str, dict[str, Any]]:
+        if self._resolved is None:
+            path = segmentation_model_path(self._models_dir) if self._models_dir is not None else None
+            if path is None:
+                self._resolved = ("grabcut", {})
+            else:
+                self._resolved = (SEGMENTATION_MODEL, {"session": load_session(path, self._device)})
+        return self._resolved
+
+    @property
+    def method(self) -> str:
+        return self._resolve()[0]
+
+    @property
+    def used(self) -> bool:
+        """Whether the backend was picked (it is, on first use)."""
+        return self._resolved is not None
+
+    def describe(self) -> dict[str, Any]:
+        """What meta.json records about the backend (the model's execution provider when a model ran)."""
+        method, options = self._resolve()
+        info: dict[str, Any] = {"backend": method}
+        if "session" in options:
+            info["provider"] = options["session"].get_providers()[0]
+        return info
+
+    def __call__(
+        self,
+        rgb: np.ndarray,  # [H, W, 3] uint8
+        *,
+        check: CheckFn = no_check,
+        known_background: np.ndarray | None = None,  # [H, W] bool
+    ) -> np.ndarray:  # [H, W] bool
+        method, options = self._resolve()
+        return remove_background(rgb, method=method, check=check, known_background=known_background, **options)

@@ -6,29 +6,46 @@ Which pixels are the object, per picture (`remove_background` is the request fie
 - true: background removal always runs; where the picture has alpha, its transparent pixels are fixed as
   background and the result keeps the alpha's soft edges;
 - false: nothing is removed: the alpha channel when present, else the whole picture is the object.
+Background removal is the segmentation model (models/segmentation.py) when its weights are installed, else
+GrabCut; PreparedView.mask_method and info["background_removal"] name the one that ran.
 The object is then cropped to its bounding box and recentred on a square canvas so that its larger side spans
 (1 - 2 * margin) of the view, with background alpha 0 and the RGB under it set to the nearest object colour
 (so bilinear sampling later does not bleed the old backdrop into the object's edge).
+
+With `multiview: zero123plus-v1.2`, six views are generated from the prepared front view
+(pipeline/view_synthesis.py), cut out and recentred the same way, and kept with their cameras; the ones that fit
+the multi-view shape model's left/right/back slots take those names (see `view_names`).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from pipeline.background import CheckFn, no_check, remove_background
+from models.segmentation import SEGMENTATION_MODEL
+from models.segmentation import describe as describe_segmentation
+from models.zero123plus import ZERO123PLUS, get_zero123plus
+from models.zero123plus import describe as describe_zero123plus
+from pipeline.background import BackgroundRemover, CheckFn, no_check
 from pipeline.context import StageContext
-from pipeline.errors import InputError
-from pipeline.images import decode_image, decode_mask
+from pipeline.errors import InputError, ModelUnavailableError
+from pipeline.images import decode_image, decode_mask, sniff_format
 from pipeline.request import JobRequest
 from pipeline.types import VIEW_AZIMUTH, PreparedView, SourceImage, ViewSet
+from pipeline.view_synthesis import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SLOT_AZIMUTH_TOLERANCE, SLOT_ELEVATION_TOLERANCE,
+                                     SLOTS, ZERO123PLUS_CAMERAS, sample_views, view_names)
 from utils.fetch import Fetcher
 
+if TYPE_CHECKING:
+    from models.manager import ModelManager
+
 EXTRA_VIEWS = ("left", "back", "right")
-BACKGROUND_METHOD = "grabcut"  # the backend remove_background uses until a segmentation model is wired in
+INPUTS_SHARE = 0.1  # of the stage's progress, for the input pictures when views are also generated
+SYNTHESIS_SHARE = 0.9  # progress reached when the sampler is done; the generated views' cut-outs follow
 MIN_OBJECT_PIXELS = 16  # fewer object pixels than this is no object at all
 STRIP_PIXELS = 1 << 20  # source pixels premultiplied at a time when recentring
 
@@ -71,14 +88,21 @@ def prepare_views(
     view_size: int = 512,
     margin: float = 0.1,
     max_pixels: int,
+    models: "ModelManager | None" = None,
 ) -> ViewSet:
-    """Decode, cut out and recentre the front picture and any extra views (see the module docstring)."""
+    """Decode, cut out and recentre the front picture and any extra views (see the module docstring); then,
+    when the request names a view-synthesis model, generate views from the front (needs `models`)."""
+    remover = BackgroundRemover(models.models_dir if models is not None else None,
+                                models.device if models is not None else "cpu")
+    generating = request.multiview != "none"
+    inputs_share = INPUTS_SHARE if generating else 1.0
     pictures = [("front", raw.image)] + [(name, raw.views[name]) for name in EXTRA_VIEWS if name in raw.views]
     views: dict[str, PreparedView] = {}
     sources: list[SourceImage] = []
     methods: dict[str, str] = {}
+    info: dict[str, Any] = {"view_size": view_size, "margin": margin}
     for index, (name, (field, data)) in enumerate(pictures):
-        ctx.report(index / len(pictures), f"preparing the {name} view")
+        ctx.report(inputs_share * index / len(pictures), f"preparing the {name} view")
         source = decode_image(data, field=field, name=name, max_pixels=max_pixels)
         ctx.check()
         user_mask = None
@@ -87,7 +111,10 @@ def prepare_views(
             user_mask = decode_mask(mask_bytes, field=mask_field, size=(source.width, source.height),
                                     max_pixels=max_pixels)
             source = replace(source, mask_source="mask")
-        alpha, method = object_alpha(source, user_mask, request.remove_background, ctx)
+            info["mask"] = {"sha256": hashlib.sha256(mask_bytes).hexdigest(), "bytes": len(mask_bytes),
+                            "width": source.width, "height": source.height,
+                            "format": sniff_format(mask_bytes) or "unknown"}
+        alpha, method = object_alpha(source, user_mask, request.remove_background, ctx, remover)
         _require_object(alpha, method, raw.mask[0] if method == "mask" and raw.mask else field)
         ctx.check()
         views[name] = PreparedView(
@@ -99,15 +126,80 @@ def prepare_views(
         )
         sources.append(source)
         methods[name] = method
+    if generating:
+        generated, info["view_synthesis"] = generate_views(
+            request, views["front"], ctx, models, remover, view_size=view_size, margin=margin, taken=set(views))
+        views.update(generated)
+        methods.update({name: view.mask_method for name, view in generated.items()})
     ctx.report(1.0, f"prepared {len(views)} view(s)")
-    info: dict[str, Any] = {
-        "view_size": view_size,
-        "margin": margin,
-        "background_removal": {"setting": request.remove_background, "per_view": methods},
-    }
-    if BACKGROUND_METHOD in methods.values():
-        info["background_removal"]["backend"] = BACKGROUND_METHOD
+    info["background_removal"] = {"setting": request.remove_background, "per_view": methods}
+    if remover.used:  # (asking for .method otherwise would load the model for nothing)
+        info["background_removal"].update(remover.describe())
+        if remover.method == SEGMENTATION_MODEL:
+            provider = info["background_removal"]["provider"]
+            info.setdefault("models", {})["segmentation"] = describe_segmentation(provider)
+    if generating and models is not None:
+        info.setdefault("models", {})["view_synthesis"] = describe_zero123plus(models)
     return ViewSet(views=views, sources=sources, info=info)
+
+
+def generate_views(
+    request: JobRequest,
+    front: PreparedView,
+    ctx: StageContext,
+    models: "ModelManager | None",
+    remover: BackgroundRemover,
+    *,
+    view_size: int,
+    margin: float,
+    taken: set[str],
+    steps: int = DEFAULT_STEPS,
+) -> tuple[dict[str, PreparedView], dict[str, Any]]:
+    """Views generated by `request.multiview` from the prepared front view, each cut out and recentred like an
+    input view and named by `view_names` (the shape-model slots they fit, else by their camera)."""
+    if request.multiview != ZERO123PLUS or models is None:
+        raise ModelUnavailableError(f"view synthesis with {request.multiview!r} is not available in this worker",
+                                    stage="multiview")
+    ctx.report(INPUTS_SHARE, f"loading {request.multiview}")
+    model = get_zero123plus(models)
+    span = SYNTHESIS_SHARE - INPUTS_SHARE
+    with models.lock:  # one sampler at a time: the attention state is shared by the model's layers
+        tiles = sample_views(model, front.rgba, seed=request.seed, steps=steps, check=ctx.check,
+                             progress=lambda f, msg: ctx.report(INPUTS_SHARE + span * f, msg))
+    cameras = ZERO123PLUS_CAMERAS
+    names = view_names(cameras, taken)
+    generated: dict[str, PreparedView] = {}
+    records: list[dict[str, Any]] = []
+    for index, (name, camera, tile) in enumerate(zip(names, cameras, tiles)):
+        ctx.report(SYNTHESIS_SHARE + (1.0 - SYNTHESIS_SHARE) * index / len(tiles), f"cutting out generated {name}")
+        alpha = np.where(remover(tile, check=ctx.check), np.uint8(255), np.uint8(0))
+        record = {"name": name, "azimuth": camera.azimuth, "elevation": camera.elevation, "fov": camera.fov}
+        if int(np.count_nonzero(alpha)) < MIN_OBJECT_PIXELS:
+            records.append({**record, "dropped": "background removal found no object in this generated view"})
+            continue
+        generated[name] = PreparedView(
+            name=name,
+            rgba=recentre(tile, alpha, view_size=view_size, margin=margin, check=ctx.check),
+            source="generated",
+            azimuth=camera.azimuth,
+            elevation=camera.elevation,
+            fov=camera.fov,
+            mask_method=remover.method,
+        )
+        records.append(record)
+    filled = {name: generated[name].azimuth for name in SLOTS if name in generated and name not in taken}
+    info = {
+        "model": request.multiview,
+        "seed": request.seed,
+        "steps": steps,
+        "guidance_scale": DEFAULT_GUIDANCE,
+        "views": records,
+        "slots_filled": filled,
+        "slot_rule": (f"a generated view fills a free shape-model slot (left 270, back 180, right 90) when within "
+                      f"{SLOT_AZIMUTH_TOLERANCE:g} deg of its azimuth and {SLOT_ELEVATION_TOLERANCE:g} deg of level; "
+                      "the user's own views always win"),
+    }
+    return generated, info
 
 
 def object_alpha(
@@ -115,6 +207,7 @@ def object_alpha(
     user_mask: np.ndarray | None,  # [H, W] bool
     setting: str | bool,  # the request's remove_background: "auto", True or False
     ctx: StageContext,
+    remover: BackgroundRemover,
 ) -> tuple[np.ndarray, str]:  # ([H, W] uint8 alpha, method name)
     """The object's alpha and how it was found, by the rules in the module docstring."""
     has_alpha = source.mask_source == "alpha"
@@ -123,10 +216,9 @@ def object_alpha(
         return np.where(user_mask, np.uint8(255), np.uint8(0)), "mask"
     if setting is True or (setting == "auto" and not has_alpha):
         known = alpha < 128 if has_alpha else None
-        cut = remove_background(source.rgba[..., :3], method=BACKGROUND_METHOD, check=ctx.check,
-                                known_background=known)
+        cut = remover(source.rgba[..., :3], check=ctx.check, known_background=known)
         cut_alpha = np.where(cut, np.uint8(255), np.uint8(0))
-        return (np.minimum(alpha, cut_alpha) if has_alpha else cut_alpha), BACKGROUND_METHOD
+        return (np.minimum(alpha, cut_alpha) if has_alpha else cut_alpha), remover.method
     if has_alpha:
         return alpha, "alpha"
     return np.full(alpha.shape, 255, np.uint8), "none"

@@ -17,7 +17,7 @@ SHAPE_MODELS = (
     "silhouette",
 )
 TEXTURE_MODELS = ("hunyuan3d-paint", "hunyuan3d-paint-turbo", "projection")
-MULTIVIEW_MODELS = ("none",)
+MULTIVIEW_MODELS = ("none", "zero123plus-v1.2")
 """View-synthesis backends the worker knows; the multiview stage extends this tuple when it has one."""
 
 API_VERSION = "1.0"

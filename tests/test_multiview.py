@@ -2,20 +2,29 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import ndimage
 
+from models.manager import ModelManager
 from pipeline import multiview
 from pipeline.context import Deadline, StageContext
-from pipeline.errors import InputError, JobTimeout
+from pipeline.errors import InputError, JobTimeout, ModelUnavailableError
 from pipeline.multiview import RawInputs, gather_inputs, prepare_views, recentre
 from pipeline.request import parse_request
+from pipeline.types import ViewSet
+from pipeline.view_synthesis import ZERO123PLUS_CAMERAS, view_names
 from tests.helpers import example_b64, example_bytes
+from tests.tiny_segmentation import expected_mask, install_tiny_segmentation
+from tests.tiny_zero123plus import install_tiny_zero123plus
 from utils.fetch import Fetcher
 from utils.settings import Settings
 
@@ -281,3 +290,127 @@ def test_past_the_deadline_stops() -> None:
     raw = RawInputs(image=("image_base64", example_bytes("earphone.jpg")), mask=None, views={})
     with pytest.raises(JobTimeout):
         prepare_views(request, raw, ctx, max_pixels=MAX)
+
+
+# --- the segmentation model and generated views ----------------------------------------------------------
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny models: threads only contend on a shared 2-core runner."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _manager(models_dir: Path) -> ModelManager:
+    return ModelManager(Settings(models_dir=models_dir, device="cpu"))
+
+
+def _generate(models_dir: Path) -> ViewSet:
+    request = parse_request({"image_base64": "AAAA", "multiview": "zero123plus-v1.2", "seed": 5})
+    raw = RawInputs(image=("image_base64", example_bytes("lantern.png")), mask=None, views={})
+    return prepare_views(request, raw, _ctx(), view_size=64, max_pixels=MAX, models=_manager(models_dir))
+
+
+def test_photo_is_cut_by_the_segmentation_model_when_installed(tmp_path: Path) -> None:
+    install_tiny_segmentation(tmp_path)
+    request = parse_request({"image_base64": "AAAA"})
+    raw = RawInputs(image=("image_base64", example_bytes("chair_wood.jpg")), mask=None, views={})
+    views = prepare_views(request, raw, _ctx(), view_size=256, max_pixels=MAX, models=_manager(tmp_path))
+    assert views.front.mask_method == "birefnet-lite"
+    removal = views.info["background_removal"]
+    assert removal["backend"] == "birefnet-lite" and removal["provider"] == "CPUExecutionProvider"
+    assert removal["per_view"] == {"front": "birefnet-lite"}
+    assert views.info["models"]["segmentation"]["repo_id"] == "onnx-community/BiRefNet_lite-ONNX"
+    # The cut-out is the graph's decision (red minus blue over a threshold), recentred.
+    rgb = _rgba("chair_wood.jpg")[..., :3]
+    truth = recentre(rgb, expected_mask(rgb).astype(np.uint8) * 255, view_size=256, margin=0.1)[..., 3] >= 128
+    assert (views.front.mask & truth).sum() / (views.front.mask | truth).sum() > 0.9
+
+
+def test_alpha_still_wins_over_the_model_in_auto(tmp_path: Path) -> None:
+    install_tiny_segmentation(tmp_path)
+    request = parse_request({"image_base64": "AAAA"})
+    raw = RawInputs(image=("image_base64", example_bytes("lantern.png")), mask=None, views={})
+    views = prepare_views(request, raw, _ctx(), max_pixels=MAX, models=_manager(tmp_path))
+    assert views.front.mask_method == "alpha" and "backend" not in views.info["background_removal"]
+
+
+def test_mask_is_recorded_for_meta() -> None:
+    mask = _png((_rgba("lantern.png")[..., 3] >= 128).astype(np.uint8) * 255)
+    views = _prepare("lantern.png", mask=mask)
+    assert views.info["mask"] == {"sha256": hashlib.sha256(mask).hexdigest(), "bytes": len(mask),
+                                  "width": 719, "height": 719, "format": "PNG"}
+
+
+def test_generated_views_with_their_cameras(tmp_path: Path, one_thread: None) -> None:
+    install_tiny_zero123plus(tmp_path)
+    views = _generate(tmp_path)
+    synthesis = views.info["view_synthesis"]
+    assert synthesis["model"] == "zero123plus-v1.2" and synthesis["seed"] == 5
+    records = synthesis["views"]
+    assert [r["name"] for r in records] == view_names(ZERO123PLUS_CAMERAS, {"front"})
+    assert [(r["azimuth"], r["elevation"], r["fov"]) for r in records] == [
+        (c.azimuth, c.elevation, c.fov) for c in ZERO123PLUS_CAMERAS]
+    # Random weights paint noise: views where the cut-out finds nothing are dropped, and say so.
+    kept = [r for r in records if "dropped" not in r]
+    assert all(r["dropped"].startswith("background removal found no object") for r in records if r not in kept)
+    assert list(views.views) == ["front"] + [r["name"] for r in kept]
+    for record in kept:
+        view = views.views[record["name"]]
+        assert view.source == "generated" and view.rgba.shape == (64, 64, 4) and view.mask.any()
+        assert (view.azimuth, view.elevation, view.fov) == (record["azimuth"], record["elevation"], 30.0)
+        assert view.mask_method == "grabcut"
+    assert synthesis["slots_filled"] == {k: v for k, v in {"left": 270.0, "right": 90.0}.items() if k in views.views}
+    assert views.info["models"]["view_synthesis"]["repo_id"] == "sudo-ai/zero123plus-v1.2"
+    assert views.info["background_removal"]["backend"] == "grabcut"
+    again = _generate(tmp_path)
+    assert all(np.array_equal(v.rgba, again.views[k].rgba) for k, v in views.views.items())
+
+
+def test_user_views_win_over_generated_ones(tmp_path: Path, one_thread: None) -> None:
+    install_tiny_zero123plus(tmp_path)
+    request = parse_request({"image_base64": "AAAA", "multiview": "zero123plus-v1.2",
+                             "views": {"right": {"base64": "AAAA"}}})
+    raw = RawInputs(image=("image_base64", example_bytes("lantern.png")), mask=None,
+                    views={"right": ("views.right.base64", example_bytes("crate.png"))})
+    views = prepare_views(request, raw, _ctx(), view_size=64, max_pixels=MAX, models=_manager(tmp_path))
+    assert views.views["right"].source == "input" and views.views["right"].azimuth == 90.0
+    assert views.info["view_synthesis"]["views"][1]["name"] == "generated_az090_el-10"
+
+
+def test_missing_view_synthesis_weights_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError) as info:
+        _generate(tmp_path)
+    assert info.value.stage == "multiview" and "zero123plus-v1.2/model_index.json" in info.value.message
+
+
+def test_view_synthesis_needs_the_model_manager() -> None:
+    request = parse_request({"image_base64": "AAAA", "multiview": "zero123plus-v1.2"})
+    raw = RawInputs(image=("image_base64", example_bytes("lantern.png")), mask=None, views={})
+    with pytest.raises(ModelUnavailableError):
+        prepare_views(request, raw, _ctx(), view_size=64, max_pixels=MAX)
+
+
+def test_generated_views_fill_the_multiview_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  one_thread: None) -> None:
+    """The stage's handling of what the sampler returns (cut-out, recentring, names, slots), with the grid
+    replaced by real object pictures on Zero123++'s grey backdrop: random tiny weights paint noise."""
+    from pipeline.shape_hunyuan import condition_images
+
+    install_tiny_zero123plus(tmp_path)
+    tiles = []
+    for name in ("crate.png", "lantern.png", "extinguisher.png") * 2:
+        rgba = np.asarray(Image.fromarray(_rgba(name)).resize((96, 96), Image.LANCZOS)).astype(np.float32)
+        weight = rgba[..., 3:] / 255.0
+        tiles.append(np.rint(rgba[..., :3] * weight + 127 * (1 - weight)).astype(np.uint8))
+    monkeypatch.setattr(multiview, "sample_views", lambda *args, **kwargs: tiles)
+    views = _generate(tmp_path)
+    assert list(views.views) == ["front"] + view_names(ZERO123PLUS_CAMERAS, {"front"})
+    assert views.info["view_synthesis"]["slots_filled"] == {"left": 270.0, "right": 90.0}
+    assert views.views["right"].elevation == -10.0 and views.views["left"].elevation == 20.0
+    assert all(v.mask.any() and v.rgba[0, 0, 3] == 0 for v in views.views.values())
+    _, used = condition_images(views, multiview=True)
+    assert used["views_used"] == ["front", "left", "right"] and used["views_missing"] == ["back"]
