@@ -1,0 +1,174 @@
+"""Time the Hunyuan3D-2 shape stage step by step, against the stock hy3dgen call, on random weights.
+
+    python -m bench.shape_gpu --device cuda                       # real v2-0 sizes, 50 steps, octree 384
+    python -m bench.shape_gpu --device cuda --model hunyuan3d-2-turbo
+    python -m bench.shape_gpu --device cuda --dtype bf16 --decoder flashvdm --chunks 200000
+    python -m bench.shape_gpu --tiny --device cpu                 # smoke run (tests use it)
+
+The pipeline is built in memory from the REAL config (DiT v2-0 1.1B + DINOv2-giant + ShapeVAE) with
+random weights; the VAE's geometry decoder is rewired to a smooth closed field (tests/tiny_models.py) so
+marching cubes and clean-up see one realistic closed surface instead of noise. Each step is timed on its
+own (encode, sample, decode, extract, clean-up = clean + normalise + decimate), then the stock
+`pipe(image=...)` call runs at the same settings in the same process; the ratio is stock / ours for
+image -> raw mesh. Peak GPU memory covers everything after loading. Prints a Markdown table and JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from models.registry import get_spec
+from pipeline import meshops
+from pipeline.context import Deadline, StageContext
+from pipeline.hunyuan_sampler import (
+    ShapeSettings,
+    decode_volume,
+    encode_condition,
+    extract_surface,
+    run_stock,
+    sample_latents,
+)
+from tests.tiny_models import build_pipeline, dit_config
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lantern.png"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: str, fn: Callable[[], Any]) -> tuple[Any, float]:
+    _sync(device)
+    started = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return result, time.perf_counter() - started
+
+
+def run_once(pipe: Any, image: Image.Image, settings: ShapeSettings, device: str, target_faces: int,
+             stock: bool) -> dict[str, float]:
+    """One image -> cleaned mesh run, timed per step; plus the stock call when `stock`."""
+    ctx = StageContext("mesh", Deadline(3600.0))
+    times: dict[str, float] = {}
+    condition, times["encode"] = _timed(device, lambda: encode_condition(pipe, image, settings.guidance_scale))
+    latents, times["sample"] = _timed(device, lambda: sample_latents(pipe, condition, settings, ctx))
+    grid, times["decode"] = _timed(device, lambda: decode_volume(pipe, latents, settings, ctx))
+    raw, times["extract"] = _timed(device, lambda: extract_surface(grid, settings))
+    if raw is None:
+        raise RuntimeError("no surface: the rewired decoder should always give one")
+
+    def clean_up() -> meshops.MeshData:
+        dense = meshops.normalize_to_unit_box(meshops.clean_mesh(raw))
+        return meshops.decimate(dense, target_faces)
+
+    mesh, times["cleanup"] = _timed(device, clean_up)
+    times["ours_raw"] = times["encode"] + times["sample"] + times["decode"] + times["extract"]
+    times["ours_total"] = times["ours_raw"] + times["cleanup"]
+    times["faces_raw"] = float(len(raw.faces))
+    times["faces_final"] = float(len(mesh.faces))
+    if stock:
+        _, times["stock_raw"] = _timed(device, lambda: run_stock(pipe, image, settings, ctx))
+        times["ratio"] = times["stock_raw"] / times["ours_raw"]
+    return times
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    spec = get_spec(args.model)
+    defaults = spec.sampler
+    if defaults is None:
+        raise ValueError(f"{spec.name} is not a shape model")
+    size = "tiny" if args.tiny else "real"
+    dtype = DTYPES[args.dtype]
+    started = time.perf_counter()
+    pipe = build_pipeline(dit_config(spec.name, size=size), device=args.device, dtype=dtype)
+    decoder = args.decoder or ("flashvdm" if defaults.flashvdm else "vanilla")
+    if decoder == "flashvdm":  # the stock call decodes with what the VAE has: make it the same
+        pipe.vae.enable_flashvdm_decoder(enabled=True, adaptive_kv_selection=True, topk_mode="mean", mc_algo="mc")
+    build_seconds = time.perf_counter() - started
+    settings = ShapeSettings(
+        steps=args.steps or defaults.steps,
+        guidance_scale=args.guidance if args.guidance is not None else defaults.guidance_scale,
+        octree_resolution=args.octree or defaults.octree_resolution,
+        num_chunks=args.chunks or defaults.num_chunks,
+        seed=0,
+        decoder=decoder,
+    )
+    image = Image.open(EXAMPLE).convert("RGBA")
+    run_once(pipe, image, settings, args.device, args.target_faces, stock=False)  # warm-up
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(args.device)
+    runs = [run_once(pipe, image, settings, args.device, args.target_faces, stock=not args.no_stock)
+            for _ in range(args.repeats)]
+    medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    result: dict[str, Any] = {
+        "model": spec.name, "size": size, "device": args.device, "dtype": args.dtype,
+        "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+                        else platform.processor()),
+        "torch": torch.__version__, "settings": settings.as_dict(), "repeats": args.repeats,
+        "build_seconds": build_seconds, "median": medians,
+        "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                       for name in ("model", "vae", "conditioner")},
+    }
+    if args.device.startswith("cuda"):
+        result["peak_gib"] = torch.cuda.max_memory_allocated(args.device) / 2**30
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["median"]
+    s = result["settings"]
+    head = ("| model | dtype | steps | octree | decoder | encode | sample | decode | extract | clean-up "
+            "| ours total | stock raw | stock/ours | faces raw | peak GiB |")
+    sep = "|" + "---|" * 15
+    row = (f"| {result['model']} ({result['size']}) | {result['dtype']} | {s['steps']} | {s['octree_resolution']} "
+           f"| {s['decoder']} | {m['encode']:.3f} | {m['sample']:.3f} | {m['decode']:.3f} | {m['extract']:.3f} "
+           f"| {m['cleanup']:.3f} | {m['ours_total']:.3f} | {m.get('stock_raw', float('nan')):.3f} "
+           f"| {m.get('ratio', float('nan')):.2f} | {int(m['faces_raw'])} | {result.get('peak_gib', float('nan')):.2f} |")
+    return "\n".join([head, sep, row])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.shape_gpu", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="hunyuan3d-2", choices=["hunyuan3d-2", "hunyuan3d-2-fast", "hunyuan3d-2-turbo"])
+    parser.add_argument("--tiny", action="store_true", help="tiny random model (CPU smoke test), not the real sizes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--octree", type=int, default=None)
+    parser.add_argument("--chunks", type=int, default=None, help="query points per decoding batch")
+    parser.add_argument("--decoder", choices=["vanilla", "flashvdm"], default=None)
+    parser.add_argument("--target-faces", type=int, default=40_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-stock", action="store_true", help="skip the stock hy3dgen call")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "fp16" if args.device.startswith("cuda") else "fp32"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    result = benchmark(args)
+    print(markdown(result))
+    text = json.dumps(result, indent=2, default=float)
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Hunyuan3D-2 shape sampling, step by step: encode the picture(s), sample latents, decode a volume,
+extract the surface.
+
+These steps do what `Hunyuan3DDiTFlowMatchingPipeline.__call__` (hy3dgen 2.0.2) does, with the same
+arguments and random numbers, so with `decoder="vanilla"` the result equals the stock call's (a test
+checks it). What they add: the deadline is checked at every sampling step and every decoding chunk, each
+step can be timed on its own (bench/shape_gpu.py), and the speed levers are explicit settings:
+`decoder="flashvdm"` decodes only near the surface, `num_chunks` sets the decoding batch. Marching cubes
+runs on the grid cropped around the object (same mesh, less to copy and scan), and FlashVDM's undecoded
+cells are filled first (stock hands their NaNs to marching cubes, which makes NaN vertices). `run_stock`
+calls the stock pipeline itself; it is the reference the fast path is compared with.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage import measure
+
+from pipeline.context import StageContext
+from pipeline.errors import StageError
+from pipeline.types import MeshData
+
+ConditionImage = Image.Image | dict[str, Image.Image]
+"""One RGBA picture, or for multi-view models {"front"|"left"|"back"|"right": RGBA picture}."""
+
+DECODERS = ("vanilla", "flashvdm")
+
+
+@dataclass(frozen=True)
+class ShapeSettings:
+    """Every knob of one shape-sampling run (recorded in meta.json)."""
+
+    steps: int
+    guidance_scale: float
+    octree_resolution: int
+    num_chunks: int
+    seed: int
+    decoder: str = "vanilla"  # "vanilla": every grid point; "flashvdm": coarse grid, then near the surface
+    box_v: float = 1.01  # the decoded cube is [-box_v, box_v]^3
+    mc_level: float = 0.0  # iso-level of the occupancy logits
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Condition:
+    """Encoded conditioning: what the DiT attends to, plus how guidance is applied."""
+
+    cond: dict[str, torch.Tensor]  # {"main": [B or 2B, tokens, C]} (2B: conditional then unconditional)
+    batch_size: int
+    classifier_free: bool  # False for guidance-distilled models (guidance is an input instead)
+
+
+def _generator(seed: int) -> torch.Generator:
+    # A CPU generator gives the same starting noise on every device.
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _guidance_embedded(pipe: Any) -> bool:
+    return getattr(pipe.model, "guidance_embed", False) is True
+
+
+@torch.inference_mode()
+def encode_condition(pipe: Any, image: ConditionImage, guidance_scale: float) -> Condition:
+    """Preprocess (recentre on white, resize) and encode the picture(s) with the image encoder."""
+    try:
+        inputs = pipe.prepare_image(image)
+    except ValueError as exc:  # hy3dgen's recentring raises this for an all-transparent picture
+        raise StageError(f"the prepared picture has no visible object ({exc})", stage="mesh") from None
+    pixels = inputs.pop("image")
+    classifier_free = guidance_scale >= 0 and not _guidance_embedded(pipe)
+    cond = pipe.encode_cond(
+        image=pixels, additional_cond_inputs=inputs, do_classifier_free_guidance=classifier_free, dual_guidance=False
+    )
+    return Condition(cond=cond, batch_size=pixels.shape[0], classifier_free=classifier_free)
+
+
+@torch.inference_mode()
+def sample_latents(pipe: Any, condition: Condition, settings: ShapeSettings, ctx: StageContext,
+                   progress_span: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:  # [B, L, C]
+    """Flow-matching sampling from noise to shape latents; checks the deadline at every step."""
+    device, dtype = pipe.device, pipe.dtype
+    sigmas = np.linspace(0, 1, settings.steps)
+    timesteps, _ = _shapegen().pipelines.retrieve_timesteps(pipe.scheduler, settings.steps, device, sigmas=sigmas)
+    latents = pipe.prepare_latents(condition.batch_size, dtype, device, _generator(settings.seed))
+    guidance = None
+    if _guidance_embedded(pipe):
+        guidance = torch.tensor([settings.guidance_scale] * condition.batch_size, device=device, dtype=dtype)
+    lo, hi = progress_span
+    for index, t in enumerate(timesteps):
+        ctx.report(lo + (hi - lo) * index / len(timesteps), f"sampling step {index + 1}/{len(timesteps)}")
+        model_input = torch.cat([latents] * 2) if condition.classifier_free else latents
+        timestep = t.expand(model_input.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
+        velocity = pipe.model(model_input, timestep, condition.cond, guidance=guidance)
+        if condition.classifier_free:
+            with_cond, without = velocity.chunk(2)
+            velocity = without + settings.guidance_scale * (with_cond - without)
+        latents = pipe.scheduler.step(velocity, t, latents).prev_sample
+    ctx.check()
+    return latents
+
+
+def _dense_grid(box_v: float, resolution: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The (resolution + 1)^3 query points of hy3dgen's dense grid, x-major ("ij"), as [N, 3]."""
+    axis = np.linspace(-box_v, box_v, resolution + 1, dtype=np.float32)
+    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    return torch.from_numpy(grid).to(device, dtype=dtype)
+
+
+@torch.inference_mode()
+def decode_volume(pipe: Any, latents: torch.Tensor, settings: ShapeSettings,
+                  ctx: StageContext) -> torch.Tensor:  # [B, R+1, R+1, R+1] float32 logits (NaN: not decoded)
+    """Run the VAE on the latents and query its geometry decoder on the octree grid."""
+    vae = pipe.vae
+    features = vae(1.0 / vae.scale_factor * latents)  # [B, L, width]; written as hy3dgen does, for equal bits
+    ctx.check()
+    if settings.decoder == "flashvdm":
+        decoder = _shapegen().models.autoencoders.FlashVDMVolumeDecoding(topk_mode="mean")
+        return decoder(features, vae.geo_decoder, bounds=settings.box_v, num_chunks=settings.num_chunks,
+                       mc_level=settings.mc_level, octree_resolution=settings.octree_resolution, enable_pbar=False)
+    points = _dense_grid(settings.box_v, settings.octree_resolution, features.device, features.dtype)
+    batch = features.shape[0]
+    logits = []
+    for start in range(0, points.shape[0], settings.num_chunks):
+        ctx.check()
+        chunk = points[start : start + settings.num_chunks].unsqueeze(0).expand(batch, -1, -1)
+        logits.append(vae.geo_decoder(queries=chunk, latents=features))
+    side = settings.octree_resolution + 1
+    return torch.cat(logits, dim=1).view(batch, side, side, side).float()
+
+
+def fill_undecoded(grid: torch.Tensor,  # [B, R, R, R] float, NaN where not decoded
+                   outside: float = -1.0) -> torch.Tensor:  # [B, R, R, R], no NaN
+    """Give FlashVDM's undecoded cells (NaN, far from the surface) a value on the right side of it.
+
+    scikit-image's marching cubes turns NaN corners into faces with NaN vertices. A run of undecoded cells
+    along a grid line never crosses the surface (the decoded band around the surface separates the two
+    sides), so each takes the value of the nearest decoded cell on its line along x; a line with no
+    decoded cell at all lies outside the object.
+    """
+    valid = ~torch.isnan(grid)
+    if bool(valid.all()):
+        return grid
+    size = grid.shape[1]
+    # int32 indices: at octree 384 each index grid is 0.23 GB instead of 0.45
+    index = torch.arange(size, device=grid.device, dtype=torch.int32).view(1, size, 1, 1).expand_as(grid)
+    missing = torch.full_like(index, -1)
+    before = torch.where(valid, index, missing).cummax(dim=1).values  # last decoded index at or before
+    after = torch.where(valid, size - 1 - index, missing).flip(1).cummax(dim=1).values.flip(1)
+    after = torch.where(after >= 0, size - 1 - after, missing)  # first decoded index at or after
+    source = torch.where(before >= 0, before, after)
+    filled = torch.gather(torch.nan_to_num(grid), 1, source.clamp(min=0).long())
+    return torch.where(source >= 0, filled, torch.full_like(grid, outside))
+
+
+def _inside_box(inside: torch.Tensor) -> tuple[list[int], list[int]]:  # inside [R, R, R] bool, not empty
+    """Index range [lo, hi) per axis of the inside cells, grown by one cell (where the crossings are)."""
+    lo, hi = [], []
+    for axis in range(3):
+        others = tuple(other for other in range(3) if other != axis)
+        occupied = torch.nonzero(inside.any(dim=others)).flatten()
+        lo.append(max(int(occupied[0]) - 1, 0))
+        hi.append(min(int(occupied[-1]) + 2, inside.shape[axis]))
+    return lo, hi
+
+
+def extract_surface(grid: torch.Tensor, settings: ShapeSettings) -> MeshData | None:
+    """Marching cubes on the first grid of the batch; None when the field never crosses the level.
+
+    The same scikit-image call as hy3dgen's "mc" extractor, with its vertex mapping, so the mesh equals the
+    stock one; but the grid is first cropped, on its own device, to the box around the inside cells, so
+    less of it is copied to the CPU and scanned.
+    """
+    field = fill_undecoded(grid[:1])[0]  # [R, R, R]
+    inside = field > settings.mc_level
+    if not bool(inside.any()) or bool(inside.all()):
+        return None
+    lo, hi = _inside_box(inside)
+    crop = field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].cpu().numpy()
+    try:
+        vertices, faces, _, _ = measure.marching_cubes(crop, settings.mc_level, method="lewiner")
+    except ValueError:  # scikit-image: no crossing inside the crop
+        return None
+    # hy3dgen's mapping: index / (octree + 1) * box size + box min
+    vertices = (vertices + np.asarray(lo)) / (settings.octree_resolution + 1) * (2 * settings.box_v) - settings.box_v
+    # hy3dgen reverses marching cubes' winding when it exports (export_to_trimesh); do the same.
+    return MeshData(vertices=vertices.astype(np.float32), faces=np.ascontiguousarray(faces[:, ::-1], dtype=np.int32))
+
+
+def _to_mesh(output: Any) -> MeshData | None:  # hy3dgen's Latent2MeshOutput
+    if output is None or len(output.mesh_f) == 0:
+        return None
+    # reversed as hy3dgen's export_to_trimesh does
+    faces = np.ascontiguousarray(np.asarray(output.mesh_f)[:, ::-1], dtype=np.int32)
+    return MeshData(vertices=np.asarray(output.mesh_v, dtype=np.float32), faces=faces)
+
+
+def run_shape(pipe: Any, image: ConditionImage, settings: ShapeSettings, ctx: StageContext) -> MeshData | None:
+    """Picture(s) -> raw surface in hy3dgen's frame, or None when marching cubes finds no surface."""
+    ctx.report(0.0, "encoding the picture")
+    condition = encode_condition(pipe, image, settings.guidance_scale)
+    latents = sample_latents(pipe, condition, settings, ctx, progress_span=(0.05, 0.75))
+    ctx.report(0.75, "decoding the volume")
+    grid = decode_volume(pipe, latents, settings, ctx)
+    ctx.report(0.85, "extracting the surface")
+    return extract_surface(grid, settings)
+
+
+def run_stock(pipe: Any, image: ConditionImage, settings: ShapeSettings, ctx: StageContext) -> MeshData | None:
+    """The stock `pipe(...)` call at the same settings (reference path); the deadline is checked per step.
+
+    The stock call decodes with whatever volume decoder the pipeline's VAE has; `settings.decoder` is
+    not applied here, and FlashVDM's undecoded (NaN) cells go to marching cubes as they are.
+    """
+
+    def on_step(step: int, t: Any, outputs: Any) -> None:
+        ctx.check()
+
+    meshes = pipe(
+        image=image, num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        generator=_generator(settings.seed), box_v=settings.box_v, octree_resolution=settings.octree_resolution,
+        mc_level=settings.mc_level, num_chunks=settings.num_chunks, output_type="mesh", enable_pbar=False,
+        callback=on_step, callback_steps=1,
+    )
+    return _to_mesh(meshes[0])
+
+
+def _shapegen() -> Any:
+    # Imported on first use: importing hy3dgen needs the torchvision stand-in on CPU-only machines.
+    from models.torchvision_compat import import_shapegen
+
+    return import_shapegen()
