@@ -8,7 +8,6 @@ from typing import Any
 
 import fast_simplification
 import numpy as np
-import pymeshlab
 import trimesh
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
@@ -228,6 +227,8 @@ def _topology_preserving_decimate(
     faces: np.ndarray,  # [F, 3] int64
     target_faces: int,
 ) -> tuple[np.ndarray, np.ndarray]:
+    import pymeshlab  # heavy (MeshLab's filter plugins); only this fallback needs it
+
     meshes = pymeshlab.MeshSet()
     meshes.add_mesh(pymeshlab.Mesh(vertex_matrix=vertices, face_matrix=faces.astype(np.int32)))
     meshes.meshing_decimation_quadric_edge_collapse(
