@@ -1,0 +1,187 @@
+"""Generated views -> UV texture: back-projection with a depth test, cos^k view weighting, the weighted
+merge, and filling what no view saw.
+
+Upstream (hy3dgen MeshRender.back_project / fast_bake_texture) splats each view's pixels into UV space.
+We gather instead: every texel of the UV raster (pipeline/bake.py TexelSurface) is projected into each
+view, kept if the view sees it (depth test against the view's depth map, not within a few pixels of a
+silhouette or depth edge, angle to the view axis under 75 degrees), and samples the view bilinearly with
+weight = view weight * cos(angle)^4, as upstream's bake_exp. Texels no view saw take the colour of the
+nearest seen texels on the surface (3-D distance, so across UV seams too).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from pipeline.bake import TexelSurface
+from pipeline.render.camera import Camera, project_points
+from pipeline.render.raster import rasterize
+
+BAKE_EXP = 4  # hy3dgen Hunyuan3DTexGenConfig.bake_exp
+ANGLE_LIMIT = 75.0  # degrees; MeshRender.bake_angle_thres
+EDGE_MARGIN = 2.0 / 512.0  # of the view size; MeshRender.bake_unreliable_kernel_size
+EDGE_JUMP = 1.5  # depth steps over 1.5 x the steepest allowed surface slope are occlusion edges
+_MAX_TREE_POINTS = 1 << 18  # seen texels sampled for the fill's KD-tree
+
+
+def reliable_pixels(
+    depth: torch.Tensor,  # [H, W] view depth, +inf where empty
+    *,
+    margin: int,
+    jump: float,
+) -> torch.Tensor:  # [H, W] bool
+    """Covered pixels at least `margin` pixels away from the silhouette and from depth steps over `jump`
+    between neighbours (occlusion edges), where generated views smear foreground into background."""
+    covered = torch.isfinite(depth)
+    finite = torch.where(covered, depth, torch.zeros_like(depth))
+    edge = torch.zeros_like(covered)
+    for dim in (0, 1):
+        n = depth.shape[dim] - 1
+        step = (finite.diff(dim=dim).abs() > jump) & covered.narrow(dim, 1, n) & covered.narrow(dim, 0, n)
+        edge.narrow(dim, 0, n).logical_or_(step)
+        edge.narrow(dim, 1, n).logical_or_(step)
+    bad = (~covered | edge).float()[None, None]
+    near_bad = F.max_pool2d(bad, 2 * margin + 1, stride=1, padding=margin)[0, 0] > 0
+    return covered & ~near_bad
+
+
+def project_view(
+    image: torch.Tensor,  # [3, H, W] float in [0, 1]
+    camera: Camera,
+    vertices: torch.Tensor,  # [V, 3] same frame as the camera
+    faces: torch.Tensor,  # [F, 3]
+    points: torch.Tensor,  # [T, 3] texel positions
+    normals: torch.Tensor,  # [T, 3] unit texel normals
+    *,
+    exp: int = BAKE_EXP,
+    check: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (colour [T, 3], cos^exp weight [T], 0 where not seen)
+    """What one view says about each texel and how much to trust it."""
+    height, width = image.shape[1:]
+    depth_map = rasterize(vertices, faces, camera, check=check).depth
+    pixel_size = 2.0 / (camera.projection[1, 1] * height)  # world units per pixel (orthographic)
+    # A surface within the angle limit changes depth by at most tan(limit) pixels per pixel; more is a step.
+    jump = EDGE_JUMP * math.tan(math.radians(ANGLE_LIMIT)) * pixel_size
+    reliable = reliable_pixels(depth_map, margin=max(1, round(EDGE_MARGIN * max(height, width))), jump=jump)
+    xy, _, depth = project_points(points, camera)
+    col, row = xy[:, 0].floor().long(), xy[:, 1].floor().long()
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    pixel = row.clamp(0, height - 1) * width + col.clamp(0, width - 1)
+    visible = inside & reliable.flatten()[pixel] & (depth <= depth_map.flatten()[pixel] + 2.0 * pixel_size)
+    towards_camera = -torch.as_tensor(camera.forward, dtype=normals.dtype, device=normals.device)
+    cos = normals @ towards_camera
+    cos = torch.where(visible & (cos >= math.cos(math.radians(ANGLE_LIMIT))), cos, torch.zeros_like(cos))
+    grid = torch.stack([xy[:, 0] / width * 2.0 - 1.0, xy[:, 1] / height * 2.0 - 1.0], dim=-1)
+    colour = F.grid_sample(image[None].float(), grid[None, None], mode="bilinear", padding_mode="border",
+                           align_corners=False)[0, :, 0].T  # [T, 3]
+    return colour, cos.clamp(min=0.0) ** exp
+
+
+def merge_views(
+    images: torch.Tensor,  # [N, 3, H, W] in [0, 1]
+    cameras: Sequence[Camera],
+    weights: Sequence[float],
+    surface: TexelSurface,  # UV raster of the same mesh, positions in the cameras' frame
+    vertices: torch.Tensor,  # [V, 3]
+    faces: torch.Tensor,  # [F, 3]
+    *,
+    check: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (texture [S, S, 3] float, seen [S, S] bool)
+    """Weighted average of all views per texel. Like upstream's fast_bake_texture, a view that would only
+    repaint texels already painted (over 99 % of its own) is skipped, so low-weight views do not blur."""
+    size = surface.size
+    covered = torch.nonzero(surface.mask.flatten()).squeeze(1)
+    points = surface.position.view(-1, 3)[covered]
+    normals = surface.normal.view(-1, 3)[covered]
+    total = torch.zeros(covered.numel(), 3, dtype=torch.float32, device=points.device)
+    trust = torch.zeros(covered.numel(), dtype=torch.float32, device=points.device)
+    for image, camera, weight in zip(images, cameras, weights):
+        if check is not None:
+            check()
+        colour, cos_weight = project_view(image, camera, vertices, faces, points, normals, check=check)
+        sees = cos_weight > 0
+        if sees.any() and float(((trust > 0) & sees).sum()) / float(sees.sum()) > 0.99:
+            continue
+        total += colour * (weight * cos_weight)[:, None]
+        trust += weight * cos_weight
+    texture = torch.zeros(size * size, 3, dtype=torch.float32, device=points.device)
+    texture[covered] = total / trust.clamp(min=1e-8)[:, None]
+    seen = torch.zeros(size * size, dtype=torch.bool, device=points.device)
+    seen[covered] = trust > 1e-8
+    return texture.view(size, size, 3), seen.view(size, size)
+
+
+def fill_unseen(
+    texture: np.ndarray,  # [S, S, 3] float
+    seen: np.ndarray,  # [S, S] bool
+    covered: np.ndarray,  # [S, S] bool, texels on the mesh
+    positions: np.ndarray,  # [S, S, 3] texel positions
+    *,
+    neighbours: int = 4,
+    seed: int = 0,
+) -> np.ndarray:  # [S, S, 3]: covered texels all hold a colour
+    """Unseen covered texels take the inverse-distance mean of the nearest seen texels in 3-D. With no
+    seen texel at all the texture is left as it is."""
+    todo = covered & ~seen
+    if not todo.any() or not seen.any():
+        return texture.copy()
+    seen_idx = np.flatnonzero(seen)
+    if seen_idx.size > _MAX_TREE_POINTS:  # a random subset keeps the tree small; colours vary slowly there
+        seen_idx = np.sort(np.random.default_rng(seed).choice(seen_idx, _MAX_TREE_POINTS, replace=False))
+    flat_pos = positions.reshape(-1, 3)
+    flat_tex = texture.reshape(-1, 3)
+    k = int(min(neighbours, seen_idx.size))
+    distance, nearest = cKDTree(flat_pos[seen_idx]).query(flat_pos[np.flatnonzero(todo)], k=k, workers=-1)
+    distance, nearest = distance.reshape(-1, k), nearest.reshape(-1, k)
+    weight = 1.0 / np.maximum(distance, 1e-9)
+    colours = (flat_tex[seen_idx[nearest]] * weight[..., None]).sum(axis=1) / weight.sum(axis=1, keepdims=True)
+    out = flat_tex.copy()
+    out[np.flatnonzero(todo)] = colours
+    return out.reshape(texture.shape)
+
+
+def fill_gutters(
+    image: torch.Tensor,  # [S, S, C]
+    coverage: torch.Tensor,  # [S, S] bool, texels holding real values
+) -> torch.Tensor:  # [S, S, C]: every texel holds the value of a (near-)nearest covered texel
+    """Fill every uncovered texel from the nearest covered one by jump flooding (log2 S passes of 3 x 3
+    lookups at halving strides), on the image's device. Same result as pipeline.uv.dilate over the whole
+    map up to ties and jump flooding's rare off-by-a-texel picks, in milliseconds on a GPU where the exact
+    distance transform takes 0.6 s at 2048 on the CPU. Covered texels are unchanged."""
+    height, width = coverage.shape
+    if bool(coverage.all()) or not bool(coverage.any()):
+        return image.clone()
+    device = coverage.device
+    rows = torch.arange(height, device=device)[:, None].expand(height, width)
+    cols = torch.arange(width, device=device)[None, :].expand(height, width)
+    flat = rows * width + cols
+    seed = torch.where(coverage, flat, torch.full_like(flat, -1))  # [S, S] nearest covered texel so far
+    none = torch.full_like(flat, torch.iinfo(torch.int64).max)
+
+    def distance(candidate: torch.Tensor) -> torch.Tensor:  # squared texel distance, `none` for no seed
+        return torch.where(candidate >= 0, (rows - candidate // width) ** 2 + (cols - candidate % width) ** 2, none)
+
+    step = 1 << max(0, (max(height, width) - 1).bit_length() - 1)  # largest power of two below the size
+    while step >= 1:
+        best, best_d = seed.clone(), distance(seed)
+        for dy in (-step, 0, step):
+            for dx in (-step, 0, step):
+                if dy == 0 and dx == 0:
+                    continue
+                cand = torch.full_like(seed, -1)  # cand[y, x] = seed[y + dy, x + dx], -1 off the map
+                if abs(dy) < height and abs(dx) < width:
+                    cand[max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)] = \
+                        seed[max(0, dy) : height - max(0, -dy), max(0, dx) : width - max(0, -dx)]
+                d = distance(cand)
+                better = d < best_d
+                best = torch.where(better, cand, best)
+                best_d = torch.where(better, d, best_d)
+        seed = best
+        step //= 2
+    return image.reshape(height * width, -1)[seed.reshape(-1)].reshape(image.shape)
+
