@@ -74,17 +74,17 @@ class ModelManager:
         self._pipelines: dict[str, Any] = {}
 
     def require(self, name: str) -> list[ModelSpec]:
-        """The specs `name` needs, all present on disk; otherwise ModelUnavailableError saying what to do."""
+        """The specs `name` needs, all present on disk; otherwise ModelUnavailableError saying what to do
+        (its stage is left for run_pipeline to fill in with the stage that asked)."""
         try:
             specs = with_requirements(name)
         except KeyError as exc:
-            raise ModelUnavailableError(str(exc.args[0]), stage="mesh") from None
+            raise ModelUnavailableError(str(exc.args[0])) from None
         missing = [path for spec in specs for path in missing_files(spec, self.models_dir)]
         if missing:
             raise ModelUnavailableError(
                 f"model {name!r} is not installed: missing {', '.join(missing)} under MODELS_DIR={self.models_dir}; "
-                f"fetch it with `{download_command([name])}` (with MODELS_DIR set)",
-                stage="mesh",
+                f"fetch it with `{download_command([name])}` (with MODELS_DIR set)"
             )
         return specs
 

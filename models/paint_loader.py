@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 STAGE = "texture"
 
 # Upstream settings (hy3dgen texgen utils/multiview_utils.py, utils/dehighlight_utils.py, hunyuanpaint/pipeline.py).
-VIEW_SIZE = 512  # the multiview model generates and is conditioned at 512 x 512
+VIEW_SIZE = 512  # what the released weights generate at; loading reads it from the configs (view_size_of)
 PAINT_STEPS = 30
 TURBO_STEPS = 10  # upstream turbo: DDIM-30 grid, every third step (29, 26, ..., 2), LCM scheduler, no CFG
 DELIGHT_STEPS = 50
@@ -89,9 +89,18 @@ def _load(manager: ModelManager, paint: ModelSpec, delight: ModelSpec) -> PaintM
         ) from exc
     return PaintModels(
         name=paint.name, delight=delight_pipe, multiview=multiview_pipe, turbo=turbo,
-        steps=TURBO_STEPS if turbo else PAINT_STEPS, delight_steps=DELIGHT_STEPS, view_size=VIEW_SIZE,
+        steps=TURBO_STEPS if turbo else PAINT_STEPS, delight_steps=DELIGHT_STEPS,
+        view_size=view_size_of(model_dir(paint, manager.models_dir)),
         device=device, dtype=dtype,
     )
+
+
+def view_size_of(folder: Path) -> int:
+    """The pixel edge the multiview model generates at: its UNet's latent size times the VAE's down-scaling
+    (64 x 8 = 512 for the released weights). Read from the model's own configs, so any model runs at its size."""
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
 def _weights(folder: Path) -> Path:

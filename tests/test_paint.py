@@ -250,7 +250,7 @@ def test_layout_is_the_hubs(installed: Path) -> None:
 def test_paint_albedo_with_tiny_models(manager: ModelManager) -> None:
     models = paint_models(manager, "hunyuan3d-paint")
     assert paint_models(manager, "hunyuan3d-paint") is models  # cached per manager
-    assert models.steps == 30 and not models.turbo and models.view_size == 512
+    assert models.steps == 30 and not models.turbo and models.view_size == TINY_VIEW_SIZE
     vertices, faces, uvs = sphere(2)
     args = dict(texture_size=256, models=_tiny(models), seed=3, steps=2, device="cpu")
     albedo, info = paint_albedo(front_view(), vertices, faces, uvs, ctx=ctx(), **args)
@@ -323,3 +323,37 @@ def test_benchmark_runs_tiny_on_cpu(tmp_path: Path) -> None:
     for key in ("delight", "render", "diffusion", "back_projection", "fill", "normal_bake", "ao_bake"):
         assert median[key] > 0
     assert median["seen_fraction"] > 0.9
+
+
+def test_texture_stage_paints_with_tiny_models(manager: ModelManager) -> None:
+    """texture_model hunyuan3d-paint through run_texture_stage: the paint albedo, its models in info, and the
+    generated views handed on for the bundle."""
+    from pipeline.request import parse_request
+    from pipeline.texture import run_texture_stage
+    from pipeline.types import MeshData, MeshResult, ViewSet
+
+    source = trimesh.creation.icosphere(subdivisions=2, radius=0.8)
+    mesh = MeshData(source.vertices.astype(np.float32), source.faces.astype(np.int32))
+    request = parse_request({"image_base64": "AAAA", "shape_model": "silhouette", "texture_model": "hunyuan3d-paint",
+                             "texture_size": 512})
+    views = ViewSet(views={"front": front_view()}, sources=[])
+    result = run_texture_stage(request, views, MeshResult(mesh, mesh, {}), ctx(), device="cpu", models=manager)
+    assert result.maps["albedo"].shape == (512, 512, 3)
+    assert result.info["maps"]["albedo"] == "hunyuan3d-paint"
+    assert set(result.info["models"]) == {"paint", "delight"}
+    generated = result.info["generated_views"]
+    assert "delit_front" in generated and all(v.source == "generated" for v in generated.values())
+
+
+def test_texture_stage_names_missing_paint_weights(tmp_path: Path) -> None:
+    from pipeline.request import parse_request
+    from pipeline.texture import run_texture_stage
+    from pipeline.types import MeshData, MeshResult, ViewSet
+
+    source = trimesh.creation.icosphere(subdivisions=2, radius=0.8)
+    mesh = MeshData(source.vertices.astype(np.float32), source.faces.astype(np.int32))
+    request = parse_request({"image_base64": "AAAA", "shape_model": "silhouette", "texture_model": "hunyuan3d-paint"})
+    empty = ModelManager(Settings(models_dir=tmp_path, device="cpu"))
+    with pytest.raises(ModelUnavailableError, match="python -m models.download hunyuan3d-paint"):
+        run_texture_stage(request, ViewSet(views={"front": front_view()}, sources=[]), MeshResult(mesh, mesh, {}),
+                          ctx(), device="cpu", models=empty)
