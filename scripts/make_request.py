@@ -1,0 +1,55 @@
+"""Print a job JSON (`{"input": {...}}`) for a local picture, for `handler.py --test_input` or curl.
+
+    python scripts/make_request.py examples/lantern.png --shape-model silhouette --texture-size 1024
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+
+def build_request(args: argparse.Namespace) -> dict:
+    job: dict = {"image_base64": base64.b64encode(Path(args.image).read_bytes()).decode()}
+    if args.mask:
+        job["mask_base64"] = base64.b64encode(Path(args.mask).read_bytes()).decode()
+    views = {
+        name: {"base64": base64.b64encode(Path(path).read_bytes()).decode()}
+        for name, path in (("left", args.left), ("back", args.back), ("right", args.right))
+        if path
+    }
+    if views:
+        job["views"] = views
+    for field in ("shape_model", "texture_model", "seed", "target_faces", "texture_size", "output_prefix"):
+        value = getattr(args, field)
+        if value is not None:
+            job[field] = value
+    if args.no_texture:
+        job["texture"] = False
+    return {"input": job}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image", help="the object's picture (PNG, JPEG or WebP)")
+    parser.add_argument("--mask", help="a mask picture of the same size")
+    parser.add_argument("--left", help="extra photo from the object's left")
+    parser.add_argument("--back", help="extra photo from the back")
+    parser.add_argument("--right", help="extra photo from the right")
+    parser.add_argument("--shape-model", dest="shape_model")
+    parser.add_argument("--texture-model", dest="texture_model")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--target-faces", dest="target_faces", type=int)
+    parser.add_argument("--texture-size", dest="texture_size", type=int)
+    parser.add_argument("--output-prefix", dest="output_prefix")
+    parser.add_argument("--no-texture", action="store_true")
+    args = parser.parse_args(argv)
+    json.dump(build_request(args), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
