@@ -15,7 +15,6 @@ image -> raw mesh. Peak GPU memory covers everything after loading. Prints a Mar
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from bench.report import publish
 from models.registry import get_spec
 from pipeline import meshops
 from pipeline.context import Deadline, StageContext
@@ -162,11 +162,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = benchmark(args)
-    print(markdown(result))
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    publish(result, markdown, args.json)
     return result
 
 

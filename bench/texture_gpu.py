@@ -18,7 +18,6 @@ JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import trimesh
 
+from bench.report import publish
 from pipeline import meshops
 from pipeline.bake import bake_ao, bake_normal_map, tangent_frames, texel_surface
 from pipeline.context import Deadline, StageContext
@@ -210,11 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = benchmark(args)
-    print(markdown(result))
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
+    publish(result, markdown, args.json)
     return result
 
 

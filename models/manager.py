@@ -92,7 +92,11 @@ class ModelManager:
         """The loaded hy3dgen pipeline for shape model `name` (loaded on first use, then kept)."""
         with self.lock:
             if name not in self._pipelines:
-                spec = self.require(name)[-1]
+                try:
+                    spec = self.require(name)[-1]
+                except ModelUnavailableError as err:
+                    err.stage = "mesh"  # a shape model is always the mesh stage's
+                    raise
                 if spec.kind != "shape":
                     raise ModelUnavailableError(f"{name!r} is a {spec.kind} model, not a shape model", stage="mesh")
                 started = time.monotonic()

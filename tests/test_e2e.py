@@ -19,6 +19,7 @@ import requests
 from pipeline.meta import validate_meta
 from tests.gltf_checks import check_blender_import, validate_gltf
 from tests.helpers import REPO, example_b64, file_url_path
+from tests.s3_fixtures import s3_server  # noqa: F401  (pytest fixture)
 
 
 def run_handler(job: dict, env: dict[str, str], timeout: float = 300) -> tuple[dict | None, str]:
@@ -102,9 +103,9 @@ def test_handler_with_s3_storage(s3_server, local_env: dict[str, str]) -> None:
     env = {
         **local_env,
         "STORAGE": "s3",
-        "S3_BUCKET": s3_server["bucket"],
+        "S3_BUCKET": s3_server.bucket,
         "S3_PREFIX": "assets",
-        "S3_ENDPOINT_URL": s3_server["endpoint_url"],
+        "S3_ENDPOINT_URL": s3_server.endpoint_url,
         "AWS_ACCESS_KEY_ID": "testing-key-id",
         "AWS_SECRET_ACCESS_KEY": "testing-secret-never-logged",
         "AWS_REGION": "us-east-1",
@@ -128,7 +129,7 @@ def test_handler_s3_missing_bucket_is_a_clear_error(s3_server, local_env: dict[s
         **local_env,
         "STORAGE": "s3",
         "S3_BUCKET": "no-such-bucket",
-        "S3_ENDPOINT_URL": s3_server["endpoint_url"],
+        "S3_ENDPOINT_URL": s3_server.endpoint_url,
         "AWS_ACCESS_KEY_ID": "testing-key-id",
         "AWS_SECRET_ACCESS_KEY": "testing-secret-never-logged",
         "AWS_REGION": "us-east-1",
