@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up the worker on a fresh machine: .venv with torch first, then the pinned requirements.
 #   bash scripts/setup.sh          # the worker
-#   bash scripts/setup.sh --dev    # + test tools: pytest, moto, Khronos glTF-Validator (npm), Blender (bpy venv)
+#   bash scripts/setup.sh --dev    # + test tools: pytest, moto, Khronos glTF-Validator (npm), Blender (bpy venvs)
 # TORCH_SPEC overrides the torch requirement (default torch==2.13.0; add --index-url via TORCH_PIP_ARGS for CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,9 +37,13 @@ if [[ $DEV == 1 ]]; then
   step "Khronos glTF-Validator (npm, pinned in tests/tools/package-lock.json)"
   (cd tests/tools && npm ci --no-audit --no-fund --loglevel=error)
 
-  step "Blender as a Python module (.venv-blender; it pins its own numpy, so it lives apart)"
-  [[ -x .venv-blender/bin/python ]] || "$PYTHON" -m venv .venv-blender
-  .venv-blender/bin/python -m pip --disable-pip-version-check install -q -r requirements-blender.txt
+  # The addon tests run in each: the newest Blender and 4.2 LTS, the oldest the addon supports.
+  for pair in ".venv-blender:requirements-blender.txt" ".venv-blender-lts:requirements-blender-lts.txt"; do
+    venv=${pair%%:*} requirements=${pair#*:}
+    step "Blender as a Python module ($venv from $requirements; it pins its own numpy, so it lives apart)"
+    [[ -x $venv/bin/python ]] || "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip --disable-pip-version-check install -q -r "$requirements"
+  done
 fi
 
 step "check"

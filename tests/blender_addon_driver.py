@@ -7,13 +7,22 @@ config: {"zip", "picture", "out", "runs": [{"name", "mode": LOCAL|REMOTE, "url",
          "cursor": [x, y, z], "cancel": bool, "options": {...}}]}
 In module mode timers never fire, so the driver calls the addon's timer function itself; a timer left
 registered would hang this process at exit, which is why unregistering is part of what is checked.
+
+The driver ends with os._exit, not by returning: bpy 4.2 as a module shuts Blender down only when the `bpy`
+extension module is deallocated. Once a script has registered a PropertyGroup subclass that has a method
+(the addon's Image3DOptions.job_input; even unregistered again), that module outlives the interpreter, so
+Blender's static SpaceType list is destroyed after Python has gone and its Python panel types crash in
+bpy_class_free -> PyGILState_Ensure (SIGSEGV, return code -11). The Blender program shuts down through
+WM_exit while Python is alive, and bpy 5.x does not have the bug, so only this harness needs the way round.
 """
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -163,4 +172,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    code = 0
+    try:
+        main()
+    except BaseException:  # noqa: BLE001  (report it, then exit without Blender's module-mode teardown)
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,5 +1,7 @@
 """The Blender extension: its zip builds and validates, and inside Blender (`bpy`, its own venv) it drives
-serve.py with local and with S3 storage, imports the result, shows errors, cancels, and unregisters cleanly."""
+serve.py with local and with S3 storage, imports the result, shows errors, cancels, and unregisters cleanly.
+The Blender-driving tests run once per supported Blender: the newest (.venv-blender) and 4.2 LTS, the oldest
+(.venv-blender-lts); $BLENDER_PYTHON runs them in that one Python instead."""
 from __future__ import annotations
 
 import importlib
@@ -20,32 +22,60 @@ from tests.helpers import EXAMPLES, REPO
 from tests.s3_fixtures import S3Server, s3_server  # noqa: F401  (the fixture)
 from tests.serve_process import ServeProcess, free_port, running_server
 
-SETUP = ("python3.11 -m venv .venv-blender && .venv-blender/bin/python -m pip install -r requirements-blender.txt "
-         "(or: bash scripts/setup.sh --dev)")
+# venv -> the requirements file that pins its bpy; scripts/setup.sh --dev makes both.
+BLENDER_VENVS = {".venv-blender": "requirements-blender.txt", ".venv-blender-lts": "requirements-blender-lts.txt"}
 TOKEN = "addon-token"
 PICTURE = EXAMPLES / "extinguisher.png"
-TEXTURED = {"shape_model": "silhouette", "texture_size": "512", "target_faces": 2000}
+# "texture" always set: the scene keeps each run's options, and a job that ends in 0.5 s would race the
+# unregister-while-running run's cancel (the textured silhouette job runs for seconds).
+TEXTURED = {"shape_model": "silhouette", "texture_size": "512", "target_faces": 2000, "texture": True}
 UNTEXTURED = {**TEXTURED, "texture": False}
 
 
-def blender_python() -> Path:
-    path = Path(os.environ.get("BLENDER_PYTHON") or REPO / ".venv-blender" / "bin" / "python")
+def _blender_params() -> list[Any]:
+    if os.environ.get("BLENDER_PYTHON"):
+        return [pytest.param(None, id="BLENDER_PYTHON")]
+    return [pytest.param(venv, id=venv.removeprefix(".venv-")) for venv in BLENDER_VENVS]
+
+
+@pytest.fixture(params=_blender_params())
+def blender(request: pytest.FixtureRequest) -> Path:
+    """Blender's Python (bpy): $BLENDER_PYTHON, else each venv of BLENDER_VENVS in turn; missing fails."""
+    venv = request.param
+    if venv is None:
+        path = Path(os.environ["BLENDER_PYTHON"])
+        setup = "point BLENDER_PYTHON at a Python with bpy installed"
+    else:
+        path = REPO / venv / "bin" / "python"
+        setup = (f"python3.11 -m venv {venv} && {venv}/bin/python -m pip install -r {BLENDER_VENVS[venv]} "
+                 "(or: bash scripts/setup.sh --dev)")
     if not path.is_file():
-        pytest.fail(f"Blender's Python (bpy) is missing at {path}: set BLENDER_PYTHON or run {SETUP}")
+        pytest.fail(f"Blender's Python (bpy) is missing at {path}: run {setup}")
     return path
 
 
-def run_in_blender(tmp: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def pinned_blender(python: Path) -> str | None:
+    """The Blender version the venv's requirements file pins (None for $BLENDER_PYTHON)."""
+    for venv, requirements in BLENDER_VENVS.items():
+        if python == REPO / venv / "bin" / "python":
+            return next(line.split("==")[1].strip() for line in (REPO / requirements).read_text().splitlines()
+                        if line.startswith("bpy=="))
+    return None
+
+
+def run_in_blender(python: Path, tmp: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Build the zip, run tests/blender_addon_driver.py in Blender with `runs`, return its report."""
     zip_path = build(REPO / "blender_addon", tmp / "dist")
     config = {"zip": str(zip_path), "picture": str(PICTURE), "out": str(tmp / "report.json"), "runs": runs}
     (tmp / "config.json").write_text(json.dumps(config))
     env = {**os.environ, "BLENDER_USER_RESOURCES": str(tmp / "blender-user"),  # keep the user's Blender untouched
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    done = subprocess.run([str(blender_python()), str(REPO / "tests" / "blender_addon_driver.py"),
+    done = subprocess.run([str(python), str(REPO / "tests" / "blender_addon_driver.py"),
                            str(tmp / "config.json")], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"the Blender driver failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     report = json.loads((tmp / "report.json").read_text())
+    pinned = pinned_blender(python)
+    assert pinned is None or report["blender"].split()[0] == pinned, (report["blender"], pinned)
     assert report["unregistered"] == {"job_in_flight": False, "addon_enabled": False, "timer_registered": False,
                                       "scene_property": False, "panel_class": False}, report["unregistered"]
     return report
@@ -120,7 +150,7 @@ def test_job_results_that_cannot_be_imported_say_why() -> None:
     assert jobflow._result(result) == result
 
 
-def test_extension_zip_builds_and_validates(tmp_path: Path) -> None:
+def test_extension_zip_builds_and_validates(tmp_path: Path, blender: Path) -> None:
     zip_path = build(REPO / "blender_addon", tmp_path)
     assert zip_path.name == "image_to_3d-1.0.0.zip"
     names = zipfile.ZipFile(zip_path).namelist()
@@ -128,20 +158,20 @@ def test_extension_zip_builds_and_validates(tmp_path: Path) -> None:
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert build(REPO / "blender_addon", tmp_path).read_bytes() == zip_path.read_bytes()  # reproducible
     # Blender's own extension tool (bl_pkg) validates the manifest inside the zip.
-    locate = subprocess.run([str(blender_python()), "-c", "import bpy, addon_utils; print(next(m.__file__ for m in "
+    locate = subprocess.run([str(blender), "-c", "import bpy, addon_utils; print(next(m.__file__ for m in "
                              "addon_utils.modules() if m.__name__ == 'bl_pkg'))"],
                             capture_output=True, text=True, timeout=120, check=True)
     tool = Path(locate.stdout.strip().splitlines()[-1]).parent / "cli" / "blender_ext.py"
-    checked = subprocess.run([str(blender_python()), str(tool), "validate", str(zip_path)],
+    checked = subprocess.run([str(blender), str(tool), "validate", str(zip_path)],
                              capture_output=True, text=True, timeout=120)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_addon_with_local_storage(tmp_path: Path) -> None:
+def test_addon_with_local_storage(tmp_path: Path, blender: Path) -> None:
     with running_server(tmp_path / "server", token=TOKEN) as server:
         common = {"mode": "LOCAL", "url": server.url, "key": TOKEN, "download_dir": str(tmp_path / "downloads"),
                   "options": TEXTURED}
-        report = run_in_blender(tmp_path, [
+        report = run_in_blender(blender, tmp_path, [
             {**common, "name": "file", "cursor": [1.0, 2.0, 3.0]},
             {**common, "name": "bad-token", "key": "wrong"},
             {**common, "name": "cancel", "cancel": True},
@@ -162,11 +192,11 @@ def test_addon_with_local_storage(tmp_path: Path) -> None:
         assert left and server_status(server, left) == "CANCELLED"  # unregister cancelled it on the server too
 
 
-def test_addon_with_s3_storage(tmp_path: Path, s3_server: S3Server) -> None:
+def test_addon_with_s3_storage(tmp_path: Path, blender: Path, s3_server: S3Server) -> None:
     with running_server(tmp_path / "server", env=s3_server.env()) as server:
         common = {"mode": "LOCAL", "url": server.url, "download_dir": str(tmp_path / "downloads"),
                   "options": UNTEXTURED}
-        report = run_in_blender(tmp_path, [
+        report = run_in_blender(blender, tmp_path, [
             {**common, "name": "s3", "cursor": [0.0, 0.0, 1.0]},
             {**common, "name": "down", "url": f"http://127.0.0.1:{free_port()}"},
             {**common, "name": "job-fails", "options": {**UNTEXTURED, "shape_model": "hunyuan3d-2"}},

@@ -298,6 +298,7 @@ def test_dockerignore_keeps_local_state_and_test_data_out():
     for path in (
         ".venv/bin/python",
         ".venv-blender/bin/python",
+        ".venv-blender-lts/bin/python",
         "outputs/job/model.glb",
         "local_upload/x.glb",
         "tests/tools/node_modules/gltf-validator/index.js",
