@@ -2,6 +2,7 @@
 ambient occlusion, all against a UV-space rasterisation of the low mesh."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +13,10 @@ from pipeline.context import StageContext
 from pipeline.render.camera import Camera, look_at, orthographic, project_points
 from pipeline.render.geometry import sphere_directions, vertex_normals
 from pipeline.render.raster import Fragments, interpolate, rasterize, rasterize_uv
+from pipeline.render.raycast import TriangleGrid, nearest_hits
 from pipeline.types import MeshData
 
 FLAT_NORMAL = np.array([128, 128, 255], dtype=np.uint8)
-_TEXEL_CHUNK = 1 << 15  # texels per normal-bake step: [chunk, K, 3] float32 temporaries stay small
 
 
 @dataclass
@@ -98,75 +99,47 @@ def tangent_frames(
     return np.concatenate([tangent, w[:, None]], axis=1).astype(np.float32)
 
 
-def _ray_hits(
-    origin: torch.Tensor,  # [N, 3]
-    direction: torch.Tensor,  # [N, 3] unit
-    tris: torch.Tensor,  # [N, K, 3, 3] candidate triangles
-    cage: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Moller-Trumbore along the whole line (both directions): returns (|t| [N, K], inf for misses, hits
-    beyond the cage and triangles facing the other way; u [N, K]; v [N, K])."""
-    v0, e1, e2 = tris[:, :, 0], tris[:, :, 1] - tris[:, :, 0], tris[:, :, 2] - tris[:, :, 0]
-    d = direction[:, None, :].expand_as(e1)
-    p = torch.linalg.cross(d, e2)
-    det = (e1 * p).sum(-1)
-    inv = 1.0 / torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
-    s = origin[:, None, :] - v0
-    u = (s * p).sum(-1) * inv
-    q = torch.linalg.cross(s, e1)
-    v = (d * q).sum(-1) * inv
-    t = (e2 * q).sum(-1) * inv
-    eps = 1e-5
-    # det < 0: the triangle faces the same way as the low surface (both counter-clockwise from outside), so
-    # the inner side of a thin part within the cage is never taken for its outer side
-    ok = (det < -1e-12) & (u >= -eps) & (v >= -eps) & (u + v <= 1 + eps) & (t.abs() <= cage)
-    return torch.where(ok, t.abs(), torch.full_like(t, float("inf"))), u, v
-
-
 class _DenseSurface:
-    """The dense mesh prepared for normal lookups: KD-tree of face centroids + smooth vertex normals."""
+    """The dense mesh prepared for normal lookups: a triangle grid for ray casting + smooth vertex normals."""
 
     def __init__(self, dense: MeshData, device: str) -> None:
         vertices = dense.vertices.astype(np.float32)
         faces = dense.faces.astype(np.int64)
-        self.tree = cKDTree(vertices[faces].mean(axis=1))
-        self.k = int(min(12, len(faces)))
-        self.tris = torch.as_tensor(vertices[faces], device=device)  # [F, 3, 3]
+        self.vertices, self.faces = vertices, faces
+        self._tree: cKDTree | None = None
+        tris = torch.as_tensor(vertices[faces], device=device)  # [F, 3, 3]
+        # Cells one typical edge wide, padded by a quarter edge: ~15 triangles per lookup, and the first lookup
+        # (|t| <= pad) already settles ~99 % of texels on a decimated low mesh (bench: bunny 277k -> 40k).
+        edge = float(np.median(np.linalg.norm(vertices[faces[:, 1]] - vertices[faces[:, 0]], axis=1)))
+        edge = max(edge, 1e-6 * float(np.linalg.norm(np.ptp(vertices, axis=0))) + 1e-12)
+        self.grid = TriangleGrid(tris, cell=edge, pad=0.25 * edge)
         normals = torch.as_tensor(vertex_normals(vertices, dense.faces), device=device)
-        self.face_normals = normals[torch.as_tensor(faces, device=device)]  # [F, 3, 3] corner normals
-
-    def candidates(self, points: np.ndarray) -> torch.Tensor:  # [N, k] int64 nearest face centroids
-        _, idx = self.tree.query(points, k=self.k, workers=-1)  # all cores: this is the CPU-bound part
-        return torch.as_tensor(np.asarray(idx).reshape(len(points), self.k), device=self.tris.device)
+        self.corner_normals = normals[torch.as_tensor(faces, device=device)]  # [F, 3, 3]
 
     def normals_along(
         self,
         origin: torch.Tensor,  # [N, 3]
         direction: torch.Tensor,  # [N, 3]
         cage: float,
+        check: Callable[[], None] | None = None,
     ) -> torch.Tensor:  # [N, 3] smooth dense normal at the nearest hit along +-direction
-        found = torch.zeros(origin.shape[0], dtype=torch.bool, device=origin.device)
-        result = torch.zeros_like(origin)
-        points = origin.cpu().numpy()
-        # Candidates near the texel first; misses search again further along the line, both ways.
-        for offset in (0.0, 0.5 * cage, -0.5 * cage, cage, -cage):
-            todo = torch.nonzero(~found).squeeze(1)
-            if todo.numel() == 0:
-                break
-            todo_np = todo.cpu().numpy()
-            cand = self.candidates(points[todo_np] + offset * direction[todo].cpu().numpy())
-            dist, u, v = _ray_hits(origin[todo], direction[todo], self.tris[cand], cage)
-            best = dist.argmin(dim=1)
-            hit = torch.isfinite(dist.gather(1, best[:, None]).squeeze(1))
-            rows = torch.arange(todo.numel(), device=origin.device)
-            bu, bv = u[rows, best], v[rows, best]
-            bary = torch.stack([1 - bu - bv, bu, bv], dim=1)
-            normal = (bary[:, :, None] * self.face_normals[cand[rows, best]]).sum(1)
-            result[todo[hit]] = normal[hit]
-            found[todo[hit]] = True
-            if offset == 0.0:  # the nearest triangle's normal stands in if no line ever hits
-                result[todo[~hit]] = self.face_normals[cand[~hit, 0]].mean(1)
+        # det < 0 only: the triangle faces the same way as the low surface (both counter-clockwise from
+        # outside), so the inner side of a thin part within the cage is never taken for its outer side.
+        hits = nearest_hits(self.grid, origin, direction, cage, facing=-1, check=check)
+        face = hits.face.clamp(min=0)
+        bary = torch.stack([1 - hits.u - hits.v, hits.u, hits.v], dim=1)
+        result = (bary[:, :, None] * self.corner_normals[face]).sum(1)
+        missed = torch.nonzero(~hits.found).squeeze(1)
+        if missed.numel():  # no hit within the cage: the nearest triangle's normal stands in
+            _, nearest = self._centroid_tree().query(origin[missed].cpu().numpy(), workers=-1)
+            nearest_t = torch.as_tensor(np.asarray(nearest, dtype=np.int64), device=origin.device)
+            result[missed] = self.corner_normals[nearest_t].mean(1)
         return torch.nn.functional.normalize(result, dim=-1)
+
+    def _centroid_tree(self) -> cKDTree:  # built on first use: most bakes have no misses at all
+        if self._tree is None:
+            self._tree = cKDTree(self.vertices[self.faces].mean(axis=1))
+        return self._tree
 
 
 def bake_normal_map(
@@ -193,19 +166,15 @@ def bake_normal_map(
 
     covered = torch.nonzero(surface.mask.flatten()).squeeze(1)
     out = torch.as_tensor(FLAT_NORMAL, device=device).repeat(size * size, 1)
-    position = surface.position.view(-1, 3)
-    normal = surface.normal.view(-1, 3)
-    tangent = tangent.view(-1, 4)
-    for start in range(0, covered.numel(), _TEXEL_CHUNK):
-        ctx.report(start / max(covered.numel(), 1), "baking normal map")
-        idx = covered[start : start + _TEXEL_CHUNK]
-        n = normal[idx]
-        t = torch.nn.functional.normalize(tangent[idx, :3] - n * (tangent[idx, :3] * n).sum(-1, keepdim=True), dim=-1)
-        b = torch.linalg.cross(n, t) * torch.where(tangent[idx, 3:] < 0, -1.0, 1.0)
-        d = dense_surface.normals_along(position[idx], n, cage)
-        local = torch.stack([(d * t).sum(-1), (d * b).sum(-1), (d * n).sum(-1)], dim=-1)
-        local = torch.nn.functional.normalize(local, dim=-1)
-        out[idx] = torch.round((local * 0.5 + 0.5) * 255.0).clamp(0, 255).to(torch.uint8)
+    n = surface.normal.view(-1, 3)[covered]
+    tangent = tangent.view(-1, 4)[covered]
+    ctx.report(0.0, "baking normal map")
+    # All texels in one search: its rounds (a handful of kernels each) are shared by every texel.
+    d = dense_surface.normals_along(surface.position.view(-1, 3)[covered], n, cage, check=ctx.check)
+    t = torch.nn.functional.normalize(tangent[:, :3] - n * (tangent[:, :3] * n).sum(-1, keepdim=True), dim=-1)
+    b = torch.linalg.cross(n, t) * torch.where(tangent[:, 3:] < 0, -1.0, 1.0)
+    local = torch.nn.functional.normalize(torch.stack([(d * t).sum(-1), (d * b).sum(-1), (d * n).sum(-1)], -1), dim=-1)
+    out[covered] = torch.round((local * 0.5 + 0.5) * 255.0).clamp(0, 255).to(torch.uint8)
     return out.view(size, size, 3).cpu().numpy()
 
 
