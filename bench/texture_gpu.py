@@ -30,6 +30,7 @@ import torch
 import trimesh
 
 from bench.report import publish
+from models.cuda_graphs import graph_forward
 from pipeline import meshops
 from pipeline.bake import bake_ao, bake_normal_map, tangent_frames, texel_surface
 from pipeline.context import Deadline, StageContext
@@ -141,6 +142,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     dtype = DTYPES[args.dtype or ("fp16" if device.startswith("cuda") else "fp32")]
     started = time.perf_counter()
     models = build_paint_models(size, device=device, dtype=dtype, turbo=args.turbo)
+    if device.startswith("cuda") and not args.no_cuda_graphs:  # as the worker does (CUDA_GRAPHS, default on)
+        graph_forward(models.delight.unet)
     if args.tiny:
         models.delight_steps = 2
     build_seconds = time.perf_counter() - started
@@ -160,6 +163,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__, "texture_size": args.size, "faces": int(len(faces)),
         "dense_faces": int(len(dense.faces)),
         "steps": args.steps or models.steps, "delight_steps": models.delight_steps, "view_size": models.view_size,
+        "cuda_graphs": device.startswith("cuda") and not args.no_cuda_graphs,
         "ao_samples": args.ao_samples, "ao_resolution": args.ao_resolution, "repeats": args.repeats,
         "build_seconds": build_seconds, "median": median,
         "parameters": {"paint_unet": sum(p.numel() for p in models.multiview.unet.parameters()),
@@ -196,6 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ao-samples", type=int, default=None, help="AO directions (default 64; 4 with --tiny)")
     parser.add_argument("--ao-resolution", type=int, default=None, help="AO depth maps (default 512; 64 with --tiny)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="run the de-light UNet eagerly (the worker with CUDA_GRAPHS=0)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     args.size = args.size or (256 if args.tiny else 2048)

@@ -70,6 +70,7 @@ class ModelManager:
         self.models_dir = Path(settings.models_dir)
         self.device: str = pick_device(settings.device)
         self.dtype: torch.dtype = dtype or pick_dtype(self.device)
+        self.cuda_graphs = settings.cuda_graphs
         self.lock = threading.RLock()
         self._pipelines: dict[str, Any] = {}
 

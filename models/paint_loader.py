@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from models.cuda_graphs import graph_forward
 from models.manager import ModelManager
 from models.registry import ModelSpec, model_dir
 from pipeline.errors import ModelUnavailableError
@@ -78,7 +79,8 @@ def _load(manager: ModelManager, paint: ModelSpec, delight: ModelSpec) -> PaintM
     device, dtype = manager.device, manager.dtype
     turbo = paint.name.endswith("-turbo")
     try:
-        delight_pipe = load_delight(model_dir(delight, manager.models_dir), device=device, dtype=dtype)
+        delight_pipe = load_delight(model_dir(delight, manager.models_dir), device=device, dtype=dtype,
+                                    cuda_graphs=manager.cuda_graphs)
         multiview_pipe = load_multiview(model_dir(paint, manager.models_dir), device=device, dtype=dtype, turbo=turbo)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         # Files exist (checked above) but do not load: corrupt, truncated or from another model.
@@ -147,8 +149,9 @@ def load_multiview(folder: Path, *, device: str, dtype: torch.dtype, turbo: bool
     return pipe.to(device)
 
 
-def load_delight(folder: Path, *, device: str, dtype: torch.dtype) -> Any:
-    """The delight InstructPix2Pix pipeline with upstream's Euler-ancestral scheduler."""
+def load_delight(folder: Path, *, device: str, dtype: torch.dtype, cuda_graphs: bool = False) -> Any:
+    """The delight InstructPix2Pix pipeline with upstream's Euler-ancestral scheduler. `cuda_graphs`: its
+    UNet (batch 1, launch-bound) replays CUDA graphs on a CUDA device (models/cuda_graphs.py)."""
     from diffusers import (
         AutoencoderKL,
         EulerAncestralDiscreteScheduler,
@@ -169,6 +172,8 @@ def load_delight(folder: Path, *, device: str, dtype: torch.dtype) -> Any:
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    if cuda_graphs and str(device).startswith("cuda"):
+        graph_forward(pipe.unet)
     return pipe.to(device)
 
 

@@ -60,6 +60,7 @@ class Settings:
     fetch_timeout_seconds: float = 20.0
     preload_models: tuple[str, ...] = ()
     device: str | None = None  # force "cpu" / "cuda"; None = pick automatically
+    cuda_graphs: bool = True  # replay the Paint de-light UNet from CUDA graphs (same output, ~2.5x faster)
     on_runpod: bool = False  # RunPod sets RUNPOD_ENDPOINT_ID / RUNPOD_POD_ID in its workers
 
     @classmethod
@@ -95,5 +96,6 @@ class Settings:
             fetch_timeout_seconds=_number(env, "FETCH_TIMEOUT_SECONDS", 20.0, 0.1),
             preload_models=tuple(p for p in preload.replace(",", " ").split() if p and p != "none"),
             device=(env.get("DEVICE") or None),
+            cuda_graphs=_bool(env.get("CUDA_GRAPHS"), default=True),
             on_runpod=on_runpod,
         )
