@@ -3,14 +3,22 @@
     python -m bench.shape_gpu --device cuda                       # real v2-0 sizes, 50 steps, octree 384
     python -m bench.shape_gpu --device cuda --model hunyuan3d-2-turbo
     python -m bench.shape_gpu --device cuda --dtype bf16 --decoder flashvdm --chunks 200000
+    python -m bench.shape_gpu --device cuda --decoder vanilla     # every grid point (the exact reference)
     python -m bench.shape_gpu --tiny --device cpu                 # smoke run (tests use it)
 
 The pipeline is built in memory from the REAL config (DiT v2-0 1.1B + DINOv2-giant + ShapeVAE) with
 random weights; the VAE's geometry decoder is rewired to a smooth closed field (tests/tiny_models.py) so
-marching cubes and clean-up see one realistic closed surface instead of noise. Each step is timed on its
+marching cubes and clean-up see one realistic closed surface instead of noise. The decoders that refine
+near the surface (hierarchical, flashvdm) skip what lies beyond |logit| = 0.95; a trained occupancy
+decoder's logits pass +-1 within a cell or two of the surface, so --field-gain makes the rewired field
+that steep. The field is gain * (cos x + cos y + cos z - 2.7); on its surface the gradient of the
+bracket has length 0.71 (on the axes, |sin 0.795|) to 0.76 (on the diagonals), so |logit| < 0.95 is a
+shell of half-width 0.95 / (0.73 * gain). At octree 384 a cell is 2.02 / 384 = 0.00526, so gain 250
+gives a half-width of 0.0052: about one cell on each side, a band 2 cells thick (gain 3, the tests'
+default, gives 0.43: 80 cells on each side). Each step is timed on its
 own (encode, sample, decode, extract, clean-up = clean + normalise + decimate), then the stock
-`pipe(image=...)` call runs at the same settings in the same process; the ratio is stock / ours for
-image -> raw mesh. Peak GPU memory covers everything after loading. Prints a Markdown table and JSON.
+`pipe(image=...)` call runs at the same settings in the same process (it decodes every grid point unless
+the decoder is flashvdm, which is enabled on its VAE); the ratio is stock / ours for image -> raw mesh. Peak GPU memory covers everything after loading. Prints a Markdown table and JSON.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from models.registry import get_spec
 from pipeline import meshops
 from pipeline.context import Deadline, StageContext
 from pipeline.hunyuan_sampler import (
+    DECODERS,
     ShapeSettings,
     decode_volume,
     encode_condition,
@@ -38,6 +47,8 @@ from pipeline.hunyuan_sampler import (
     sample_latents,
 )
 from tests.tiny_models import build_pipeline, dit_config
+
+FIELD_GAIN = 250.0  # band |logit| < 0.95 about 2 cells thick at octree 384 (module docstring)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lantern.png"
@@ -91,8 +102,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     size = "tiny" if args.tiny else "real"
     dtype = DTYPES[args.dtype]
     started = time.perf_counter()
-    pipe = build_pipeline(dit_config(spec.name, size=size), device=args.device, dtype=dtype)
-    decoder = args.decoder or ("flashvdm" if defaults.flashvdm else "vanilla")
+    pipe = build_pipeline(dit_config(spec.name, size=size), device=args.device, dtype=dtype, gain=args.field_gain)
+    decoder = args.decoder or defaults.decoder
     if decoder == "flashvdm":  # the stock call decodes with what the VAE has: make it the same
         pipe.vae.enable_flashvdm_decoder(enabled=True, adaptive_kv_selection=True, topk_mode="mean", mc_algo="mc")
     build_seconds = time.perf_counter() - started
@@ -116,7 +127,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                         else platform.processor()),
         "torch": torch.__version__, "settings": settings.as_dict(), "repeats": args.repeats,
-        "build_seconds": build_seconds, "median": medians,
+        "build_seconds": build_seconds, "field_gain": args.field_gain, "median": medians,
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                        for name in ("model", "vae", "conditioner")},
     }
@@ -148,7 +159,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--octree", type=int, default=None)
     parser.add_argument("--chunks", type=int, default=None, help="query points per decoding batch")
-    parser.add_argument("--decoder", choices=["vanilla", "flashvdm"], default=None)
+    parser.add_argument("--decoder", choices=list(DECODERS), default=None, help="default: the model's")
+    parser.add_argument("--field-gain", type=float, default=FIELD_GAIN,
+                        help="steepness of the rewired field's logits (module docstring)")
     parser.add_argument("--target-faces", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-stock", action="store_true", help="skip the stock hy3dgen call")

@@ -34,6 +34,12 @@ class SamplerDefaults:
     num_chunks: int = 8000  # query points per volume-decoding batch (memory vs. speed)
     flashvdm: bool = False  # decode only near the surface (FlashVDM), with the model's turbo VAE
 
+    @property
+    def decoder(self) -> str:
+        """pipeline.hunyuan_sampler's volume decoder: FlashVDM's where the VAE is tuned for it, else the
+        exact coarse-to-fine one (same mesh as decoding every grid point, a small fraction of the queries)."""
+        return "flashvdm" if self.flashvdm else "hierarchical"
+
 
 @dataclass(frozen=True)
 class ModelSpec:

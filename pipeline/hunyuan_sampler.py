@@ -5,7 +5,9 @@ These steps do what `Hunyuan3DDiTFlowMatchingPipeline.__call__` (hy3dgen 2.0.2) 
 arguments and random numbers, so with `decoder="vanilla"` the result equals the stock call's (a test
 checks it). What they add: the deadline is checked at every sampling step and every decoding chunk, each
 step can be timed on its own (bench/shape_gpu.py), and the speed levers are explicit settings:
-`decoder="flashvdm"` decodes only near the surface, `num_chunks` sets the decoding batch. Marching cubes
+`decoder="hierarchical"` decodes a coarse grid and then only near the surface, with exact attention
+(pipeline/coarse_to_fine.py; same mesh as "vanilla"), `decoder="flashvdm"` does so with hy3dgen's lossy
+top-k attention, `num_chunks` sets the decoding batch. Marching cubes
 runs on the grid cropped around the object (same mesh, less to copy and scan), and FlashVDM's undecoded
 cells are filled first (stock hands their NaNs to marching cubes, which makes NaN vertices). `run_stock`
 calls the stock pipeline itself; it is the reference the fast path is compared with.
@@ -20,6 +22,7 @@ import torch
 from PIL import Image
 from skimage import measure
 
+from pipeline.coarse_to_fine import decode_coarse_to_fine
 from pipeline.context import StageContext
 from pipeline.errors import StageError
 from pipeline.types import MeshData
@@ -27,7 +30,7 @@ from pipeline.types import MeshData
 ConditionImage = Image.Image | dict[str, Image.Image]
 """One RGBA picture, or for multi-view models {"front"|"left"|"back"|"right": RGBA picture}."""
 
-DECODERS = ("vanilla", "flashvdm")
+DECODERS = ("vanilla", "hierarchical", "flashvdm")
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class ShapeSettings:
     octree_resolution: int
     num_chunks: int
     seed: int
-    decoder: str = "vanilla"  # "vanilla": every grid point; "flashvdm": coarse grid, then near the surface
+    # "vanilla": every grid point; "hierarchical": coarse grid, then near the surface (same mesh);
+    # "flashvdm": the same with hy3dgen's top-k latent selection (lossy, for the FlashVDM VAEs)
+    decoder: str = "vanilla"
     box_v: float = 1.01  # the decoded cube is [-box_v, box_v]^3
     mc_level: float = 0.0  # iso-level of the occupancy logits
 
@@ -127,15 +132,23 @@ def decode_volume(pipe: Any, latents: torch.Tensor, settings: ShapeSettings,
         decoder = _shapegen().models.autoencoders.FlashVDMVolumeDecoding(topk_mode="mean")
         return decoder(features, vae.geo_decoder, bounds=settings.box_v, num_chunks=settings.num_chunks,
                        mc_level=settings.mc_level, octree_resolution=settings.octree_resolution, enable_pbar=False)
-    points = _dense_grid(settings.box_v, settings.octree_resolution, features.device, features.dtype)
     batch = features.shape[0]
-    logits = []
-    for start in range(0, points.shape[0], settings.num_chunks):
-        ctx.check()
-        chunk = points[start : start + settings.num_chunks].unsqueeze(0).expand(batch, -1, -1)
-        logits.append(vae.geo_decoder(queries=chunk, latents=features))
+
+    def query(points: torch.Tensor) -> torch.Tensor:  # [N, 3] -> [B, N], in chunks as hy3dgen's loop
+        logits = []
+        for start in range(0, points.shape[0], settings.num_chunks):
+            ctx.check()
+            chunk = points[start : start + settings.num_chunks].unsqueeze(0).expand(batch, -1, -1)
+            logits.append(vae.geo_decoder(queries=chunk, latents=features))
+        return torch.cat(logits, dim=1)[..., 0]
+
+    if settings.decoder == "hierarchical":
+        grid, _ = decode_coarse_to_fine(query, batch, settings.octree_resolution, settings.box_v,
+                                        settings.mc_level, features.dtype, features.device)
+        return grid
     side = settings.octree_resolution + 1
-    return torch.cat(logits, dim=1).view(batch, side, side, side).float()
+    points = _dense_grid(settings.box_v, settings.octree_resolution, features.device, features.dtype)
+    return query(points).view(batch, side, side, side).float()
 
 
 def fill_undecoded(grid: torch.Tensor,  # [B, R, R, R] float, NaN where not decoded

@@ -47,7 +47,7 @@ def resolve_settings(request: JobRequest, spec: ModelSpec) -> ShapeSettings:
         ),
         num_chunks=defaults.num_chunks,
         seed=request.seed,
-        decoder="flashvdm" if defaults.flashvdm else "vanilla",
+        decoder=defaults.decoder,
     )
 
 

@@ -90,7 +90,7 @@ def test_each_model_gives_one_closed_outward_mesh(manager, name):
     assert (model["name"], model["repo_id"], model["revision"]) == (name, spec.repo_id, spec.revision)
     assert (model["device"], model["dtype"]) == ("cpu", "float32")
     assert model["settings"]["steps"] == 2 and model["settings"]["octree_resolution"] == 64
-    assert model["settings"]["decoder"] == ("flashvdm" if spec.sampler.flashvdm else "vanilla")
+    assert model["settings"]["decoder"] == ("flashvdm" if spec.sampler.flashvdm else "hierarchical")
     assert {"guidance_scale", "seed", "num_chunks", "box_v", "mc_level"} <= set(model["settings"])
 
 

@@ -29,6 +29,7 @@ from models.registry import ModelSpec, model_dir, with_requirements
 from models.torchvision_compat import import_shapegen
 
 FIELD_LEVEL = 2.7  # surface where cos x + cos y + cos z = 2.7: a rounded box reaching +-0.8 on the axes
+DEFAULT_GAIN = 3.0  # logits per unit of the field: gentle, so every decoder sees a wide band near the surface
 _BIG = 20.0  # constant channels that pin the LayerNorm scale, so the field survives ln_post
 
 _DINO_GIANT = {
@@ -97,10 +98,13 @@ def dit_config(name: str, size: str = "tiny") -> dict[str, Any]:
 
 @torch.no_grad()
 def rewire_geo_decoder(vae: torch.nn.Module, level: float = FIELD_LEVEL, tilt: float = 0.0,
-                       wobble: float = 0.1, gain: float = 3.0) -> None:
+                       wobble: float = 0.1, gain: float = DEFAULT_GAIN) -> None:
     """Make `vae.geo_decoder` return gain * (cos x + cos y + cos z - level + tilt * sin y) (+ a small term,
     scaled by `wobble`, that depends on the latents through the attention and MLP branches). With the
-    default gain the field leaves FlashVDM's |logit| < 0.95 band, so its hierarchical decoding skips cells."""
+    default gain the field leaves FlashVDM's |logit| < 0.95 band about 0.43 away from the surface, so
+    coarse-to-fine decoding skips cells only far from it; a trained decoder's logits are much steeper
+    (bench/shape_gpu.py's --field-gain). `gain` scales the whole output, so the surface (the zero set) is
+    the same at every gain."""
     decoder = vae.geo_decoder
     embedder = decoder.fourier_embedder
     if embedder.num_freqs < 1 or not torch.allclose(embedder.frequencies[:1], torch.ones(1)):
@@ -137,19 +141,22 @@ def _instantiate(section: dict[str, Any]) -> Any:
     return pipelines.instantiate_from_config(section)
 
 
-def build_parts(config: dict[str, Any], seed: int = 0, tilt: float = 0.0) -> dict[str, Any]:
+def build_parts(config: dict[str, Any], seed: int = 0, tilt: float = 0.0,
+                gain: float = DEFAULT_GAIN) -> dict[str, Any]:
     """Instantiate model/vae/conditioner/scheduler/image_processor from a config (random weights)."""
     torch.manual_seed(seed)
     parts = {key: _instantiate(config[key]) for key in ("model", "vae", "conditioner", "scheduler", "image_processor")}
-    rewire_geo_decoder(parts["vae"], tilt=tilt)
+    rewire_geo_decoder(parts["vae"], tilt=tilt, gain=gain)
     return parts
 
 
-def build_pipeline(config: dict[str, Any], device: str, dtype: torch.dtype, seed: int = 0) -> Any:
-    """A Hunyuan3DDiTFlowMatchingPipeline built in memory (no files), on `device` in `dtype`."""
+def build_pipeline(config: dict[str, Any], device: str, dtype: torch.dtype, seed: int = 0,
+                   gain: float = DEFAULT_GAIN) -> Any:
+    """A Hunyuan3DDiTFlowMatchingPipeline built in memory (no files), on `device` in `dtype`; `gain` as in
+    `rewire_geo_decoder`."""
     shapegen = import_shapegen()
     with torch.device(device):
-        parts = build_parts(config, seed=seed)
+        parts = build_parts(config, seed=seed, gain=gain)
     return shapegen.Hunyuan3DDiTFlowMatchingPipeline(**parts, device=device, dtype=dtype)
 
 
