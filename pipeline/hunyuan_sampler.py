@@ -8,7 +8,9 @@ step can be timed on its own (bench/shape_gpu.py), and the speed levers are expl
 `decoder="hierarchical"` decodes a coarse grid and then only near the surface, with exact attention
 (pipeline/coarse_to_fine.py; same mesh as "vanilla"), `decoder="flashvdm"` does so with hy3dgen's lossy
 top-k attention, `num_chunks` sets the decoding batch. Marching cubes
-runs on the grid cropped around the object (same mesh, less to copy and scan), and FlashVDM's undecoded
+runs on the grid cropped around the object (less to scan and copy): on CPU grids scikit-image's, as the
+stock call (same mesh); on CUDA grids our own on the GPU (pipeline/marching_cubes.py: the same vertices,
+triangles that may differ on ambiguous cell faces; only the mesh is copied to the CPU). FlashVDM's undecoded
 cells are filled first (stock hands their NaNs to marching cubes, which makes NaN vertices). `run_stock`
 calls the stock pipeline itself; it is the reference the fast path is compared with.
 """
@@ -25,6 +27,7 @@ from skimage import measure
 from pipeline.coarse_to_fine import decode_coarse_to_fine
 from pipeline.context import StageContext
 from pipeline.errors import StageError
+from pipeline.marching_cubes import marching_cubes
 from pipeline.types import MeshData
 
 ConditionImage = Image.Image | dict[str, Image.Image]
@@ -186,27 +189,41 @@ def _inside_box(inside: torch.Tensor) -> tuple[list[int], list[int]]:  # inside 
     return lo, hi
 
 
-def extract_surface(grid: torch.Tensor, settings: ShapeSettings) -> MeshData | None:
+def extract_surface(grid: torch.Tensor, settings: ShapeSettings, method: str | None = None) -> MeshData | None:
     """Marching cubes on the first grid of the batch; None when the field never crosses the level.
 
-    The same scikit-image call as hy3dgen's "mc" extractor, with its vertex mapping, so the mesh equals the
-    stock one; but the grid is first cropped, on its own device, to the box around the inside cells, so
-    less of it is copied to the CPU and scanned.
+    `method`: "skimage" is the same scikit-image call as hy3dgen's "mc" extractor, with its vertex mapping,
+    so the mesh equals the stock one; "torch" is pipeline/marching_cubes.py, run on the grid's device (the
+    same vertices, triangles that differ only on ambiguous cell faces), so only the mesh is copied to the
+    CPU. Default: "torch" for CUDA grids, "skimage" otherwise. Either way the grid is first cropped, on its
+    own device, to the box around the inside cells, so less of it is scanned (and copied).
     """
+    if method is None:
+        method = "torch" if grid.is_cuda else "skimage"
+    if method not in ("torch", "skimage"):
+        raise ValueError(f"method must be 'torch' or 'skimage', got {method!r}")
     field = fill_undecoded(grid[:1])[0]  # [R, R, R]
     inside = field > settings.mc_level
     if not bool(inside.any()) or bool(inside.all()):
         return None
     lo, hi = _inside_box(inside)
-    crop = field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].cpu().numpy()
-    try:
-        vertices, faces, _, _ = measure.marching_cubes(crop, settings.mc_level, method="lewiner")
-    except ValueError:  # scikit-image: no crossing inside the crop
-        return None
+    crop = field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    if method == "torch":
+        found_vertices, found_faces = marching_cubes(crop, settings.mc_level)
+        if len(found_faces) == 0:
+            return None
+        # already wound as the reversed scikit-image faces below (outward, positive volume)
+        vertices, faces = found_vertices.cpu().numpy(), found_faces.cpu().numpy()
+    else:
+        try:
+            vertices, faces, _, _ = measure.marching_cubes(crop.cpu().numpy(), settings.mc_level, method="lewiner")
+        except ValueError:  # scikit-image: no crossing inside the crop
+            return None
+        # hy3dgen reverses marching cubes' winding when it exports (export_to_trimesh); do the same.
+        faces = faces[:, ::-1]
     # hy3dgen's mapping: index / (octree + 1) * box size + box min
     vertices = (vertices + np.asarray(lo)) / (settings.octree_resolution + 1) * (2 * settings.box_v) - settings.box_v
-    # hy3dgen reverses marching cubes' winding when it exports (export_to_trimesh); do the same.
-    return MeshData(vertices=vertices.astype(np.float32), faces=np.ascontiguousarray(faces[:, ::-1], dtype=np.int32))
+    return MeshData(vertices=vertices.astype(np.float32), faces=np.ascontiguousarray(faces, dtype=np.int32))
 
 
 def _to_mesh(output: Any) -> MeshData | None:  # hy3dgen's Latent2MeshOutput
