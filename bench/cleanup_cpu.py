@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.report import publish
+from bench.report import run_cli
 from pipeline import meshops
 from pipeline.hunyuan_sampler import ShapeSettings, extract_surface
 from pipeline.types import MeshData
@@ -99,10 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    result = benchmark(args)
-    publish(result, markdown, args.json)
-    return result
+    return run_cli(argv, parse_args, benchmark, markdown)
 
 
 if __name__ == "__main__":

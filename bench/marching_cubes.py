@@ -27,7 +27,7 @@ import torch
 from skimage import measure
 
 from bench.cleanup_cpu import analytic_grid
-from bench.report import publish
+from bench.report import run_cli
 from bench.shape_gpu import FIELD_GAIN
 from pipeline.hunyuan_sampler import ShapeSettings, extract_surface
 from pipeline.marching_cubes import marching_cubes
@@ -112,10 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    result = benchmark(args)
-    publish(result, markdown, args.json)
-    return result
+    return run_cli(argv, parse_args, benchmark, markdown)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared output of the bench scripts: the markdown row for BENCHMARKS.md, the full JSON, optionally saved."""
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -13,3 +14,16 @@ def publish(result: dict[str, Any], markdown: Callable[[dict[str, Any]], str], j
     print(text)
     if json_path is not None:
         json_path.write_text(text + "\n")
+
+
+def run_cli(
+    argv: list[str] | None,
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    benchmark: Callable[[argparse.Namespace], dict[str, Any]],
+    markdown: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """The bench scripts' main: parse, run, print (and save with --json) the result."""
+    args = parse_args(argv)
+    result = benchmark(args)
+    publish(result, markdown, args.json)
+    return result

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from bench.report import publish
+from bench.report import run_cli
 from models.registry import get_spec
 from pipeline import meshops
 from pipeline.context import Deadline, StageContext
@@ -173,10 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    result = benchmark(args)
-    publish(result, markdown, args.json)
-    return result
+    return run_cli(argv, parse_args, benchmark, markdown)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import trimesh
 
-from bench.report import publish
+from bench.report import run_cli
 from models.cuda_graphs import graph_forward
 from pipeline import meshops
 from pipeline.bake import bake_ao, bake_normal_map, tangent_frames, texel_surface
@@ -214,10 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    result = benchmark(args)
-    publish(result, markdown, args.json)
-    return result
+    return run_cli(argv, parse_args, benchmark, markdown)
 
 
 if __name__ == "__main__":
