@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.spatial import cKDTree
 
 from pipeline.bake import TexelSurface
 from pipeline.render.camera import Camera, project_points
+from pipeline.render.projection import fill_unseen as fill_unseen_texels
 from pipeline.render.raster import rasterize
 
 BAKE_EXP = 4  # hy3dgen Hunyuan3DTexGenConfig.bake_exp
@@ -125,25 +125,17 @@ def fill_unseen(
     neighbours: int = 4,
     seed: int = 0,
 ) -> np.ndarray:  # [S, S, 3]: covered texels all hold a colour
-    """Unseen covered texels take the inverse-distance mean of the nearest seen texels in 3-D. With no
-    seen texel at all the texture is left as it is."""
-    todo = covered & ~seen
-    if not todo.any() or not seen.any():
+    """Unseen covered texels take the inverse-distance mean of the nearest seen texels in 3-D
+    (render.projection.fill_unseen over the covered texels). With no seen texel at all the texture is left
+    as it is."""
+    if not (covered & ~seen).any() or not seen.any():
         return texture.copy()
-    seen_idx = np.flatnonzero(seen)
-    if seen_idx.size > _MAX_TREE_POINTS:  # a random subset keeps the tree small; colours vary slowly there
-        seen_idx = np.sort(np.random.default_rng(seed).choice(seen_idx, _MAX_TREE_POINTS, replace=False))
-    flat_pos = positions.reshape(-1, 3)
-    flat_tex = texture.reshape(-1, 3)
-    k = int(min(neighbours, seen_idx.size))
-    # median-balanced trees query far-away points pathologically slowly on surface samples (see render/projection)
-    tree = cKDTree(flat_pos[seen_idx], balanced_tree=False, compact_nodes=False)
-    distance, nearest = tree.query(flat_pos[np.flatnonzero(todo)], k=k, workers=-1)
-    distance, nearest = distance.reshape(-1, k), nearest.reshape(-1, k)
-    weight = 1.0 / np.maximum(distance, 1e-9)
-    colours = (flat_tex[seen_idx[nearest]] * weight[..., None]).sum(axis=1) / weight.sum(axis=1, keepdims=True)
-    out = flat_tex.copy()
-    out[np.flatnonzero(todo)] = colours
+    out = texture.reshape(-1, 3).copy()
+    on_mesh = np.flatnonzero(covered | seen)
+    out[on_mesh] = fill_unseen_texels(
+        out[on_mesh], seen.reshape(-1)[on_mesh], positions.reshape(-1, 3)[on_mesh],
+        neighbours=neighbours, max_tree_points=_MAX_TREE_POINTS, seed=seed,
+    )
     return out.reshape(texture.shape)
 
 

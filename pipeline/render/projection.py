@@ -109,15 +109,40 @@ def fill_unseen(
     seen: np.ndarray,  # [P] bool
     points: np.ndarray,  # [P, 3] texel positions
     *,
+    neighbours: int = 1,
+    max_tree_points: int | None = None,
+    seed: int = 0,
     check: Callable[[], None] | None = None,
     default: np.ndarray | None = None,  # [3] colour when nothing was seen at all
-) -> np.ndarray:  # [P, 3]: unseen texels take the colour of the nearest seen texel on the surface (3D)
+) -> np.ndarray:  # [P, 3]
+    """Unseen texels take the colour of the nearest seen texel on the surface (3-D), or with `neighbours` > 1
+    the inverse-distance mean of that many. `max_tree_points`: search a random subset of the seen texels
+    (colours vary slowly, the tree stays small)."""
     if seen.all():
         return rgb
     out = rgb.copy()
     if not seen.any():
         out[:] = np.full(3, 0.5) if default is None else default
         return out
+    seen_idx = np.flatnonzero(seen)
+    if max_tree_points is not None and seen_idx.size > max_tree_points:
+        seen_idx = np.sort(np.random.default_rng(seed).choice(seen_idx, max_tree_points, replace=False))
+    k = int(min(neighbours, seen_idx.size))
+    # median-balanced trees query far-away points pathologically slowly on surface samples (43 s vs 0.9 s)
+    tree = cKDTree(points[seen_idx], balanced_tree=False, compact_nodes=False)
+    unseen = np.flatnonzero(~seen)
+    seen_rgb = rgb[seen_idx]
+    for start in range(0, len(unseen), _QUERY_CHUNK):
+        if check is not None:
+            check()
+        part = unseen[start : start + _QUERY_CHUNK]
+        distance, nearest = tree.query(points[part], k=k, workers=-1)
+        if k == 1:
+            out[part] = seen_rgb[nearest]
+            continue
+        weight = 1.0 / np.maximum(distance, 1e-9)
+        out[part] = (seen_rgb[nearest] * weight[..., None]).sum(axis=1) / weight.sum(axis=1, keepdims=True)
+    return out
     # median-balanced trees query far-away points pathologically slowly on surface samples (43 s vs 0.9 s)
     tree = cKDTree(points[seen], balanced_tree=False, compact_nodes=False)
     unseen = np.flatnonzero(~seen)
