@@ -3,7 +3,7 @@
 `pipeline.hunyuan_sampler.extract_surface` uses it on CUDA grids, so only the mesh is copied to the CPU;
 on CPU grids it keeps scikit-image's Lewiner marching cubes, which stays the reference (tests compare).
 
-Case table: built here by code at import. Corner c of a cell sits at offset (c & 1, c >> 1 & 1, c >> 2 & 1)
+Case table: built here by code on first use. Corner c of a cell sits at offset (c & 1, c >> 1 & 1, c >> 2 & 1)
 along the grid's dims (0, 1, 2); edge 4 * a + p runs along dim a, with the other two dims' bits given by p.
 For each of the 256 inside-masks, each cell face contributes the segments where the surface cuts it: none,
 one (two crossing edges), or two on an ambiguous face (diagonal corners alike), paired so each segment cuts
@@ -19,6 +19,8 @@ the same vertices (one per crossing grid edge, at the same interpolated position
 triangles.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -127,7 +129,10 @@ def _fan(loop: list[int]) -> list[tuple[int, int, int]]:
     raise RuntimeError(f"loop {loop}: every fan has a diagonal on a cell face")
 
 
-def _build_table() -> tuple[torch.Tensor, torch.Tensor]:
+@functools.cache
+def triangle_table() -> tuple[torch.Tensor, torch.Tensor]:
+    """[256, T_max, 3] local edge ids of each case's triangles (padded with -1), and [256] triangles per
+    case. Built on first use (~70 ms), not at import: CPU workers never extract with it."""
     triangles = [[tri for loop in case_loops(case) for tri in _fan(loop)] for case in range(256)]
     width = max(len(rows) for rows in triangles)
     table = torch.full((256, width, 3), -1, dtype=torch.int64)
@@ -135,10 +140,6 @@ def _build_table() -> tuple[torch.Tensor, torch.Tensor]:
         if rows:
             table[case, : len(rows)] = torch.tensor(rows)
     return table, torch.tensor([len(rows) for rows in triangles], dtype=torch.int64)
-
-
-TRIANGLES, TRIANGLE_COUNT = _build_table()
-"""[256, T_max, 3] local edge ids of each case's triangles (padded with -1), and [256] triangles per case."""
 
 
 def _strict_threshold(level: float) -> float:
@@ -195,7 +196,7 @@ def marching_cubes(grid: torch.Tensor,  # [N0, N1, N2] float, no NaN
     vertices = vertices.float()
 
     # Faces: each active cell's triangles from the table, local edges -> global keys -> vertex ids.
-    table, counts = TRIANGLES.to(device), TRIANGLE_COUNT.to(device)
+    table, counts = (part.to(device) for part in triangle_table())
     cell_counts = counts[cell_case]
     face_cell = torch.repeat_interleave(torch.arange(len(cell_case), device=device), cell_counts)
     first_face = torch.cumsum(cell_counts, 0) - cell_counts

@@ -107,8 +107,9 @@ def _area(vertices: np.ndarray, faces: np.ndarray) -> float:
 
 @pytest.mark.parametrize("case", range(256))
 def test_case_triangles_bound_closed_loops_over_the_crossing_edges(case):
-    rows = mc.TRIANGLES[case, : int(mc.TRIANGLE_COUNT[case])].tolist()
-    assert (mc.TRIANGLES[case, len(rows):] == -1).all()
+    table, count = mc.triangle_table()
+    rows = table[case, : int(count[case])].tolist()
+    assert (table[case, len(rows):] == -1).all()
     crossing = set(mc.crossing_edges(case))
     assert {edge for row in rows for edge in row} == crossing  # every crossing edge used, no other edge
     directed = [(row[i], row[(i + 1) % 3]) for row in rows for i in range(3)]
