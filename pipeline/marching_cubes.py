@@ -25,6 +25,8 @@ import functools
 import numpy as np
 import torch
 
+from pipeline.render.raycast import expand_rows
+
 Segment = tuple[int, int]  # (from edge, to edge): the surface enters the face at one edge, leaves at the other
 
 
@@ -197,10 +199,7 @@ def marching_cubes(grid: torch.Tensor,  # [N0, N1, N2] float, no NaN
 
     # Faces: each active cell's triangles from the table, local edges -> global keys -> vertex ids.
     table, counts = (part.to(device) for part in triangle_table())
-    cell_counts = counts[cell_case]
-    face_cell = torch.repeat_interleave(torch.arange(len(cell_case), device=device), cell_counts)
-    first_face = torch.cumsum(cell_counts, 0) - cell_counts
-    slot = torch.arange(len(face_cell), device=device) - first_face[face_cell]
+    face_cell, slot = expand_rows(counts[cell_case])  # one row per triangle: its cell, its index there
     local = table[cell_case[face_cell], slot]  # [F, 3] local edge ids
     edge_lower = torch.tensor([[_bit(EDGE_CORNERS[edge][0], a) for a in range(3)] for edge in range(12)],
                               device=device)

@@ -89,7 +89,7 @@ def _hit_key(distance: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
     return distance.float().contiguous().view(torch.int32).long() * (1 << _ID_BITS) + face
 
 
-def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def expand_rows(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For rows with `counts` [N] items each: (row [sum], index of the item within its row [sum])."""
     row = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
     first = torch.cumsum(counts, 0) - counts
@@ -139,7 +139,7 @@ class TriangleGrid:
         self.dims = dims.tolist()
         keys, ids = [], []
         for start, end in _row_chunks(counts, _CELL_CHUNK):
-            face, local = _expand(counts[start:end])
+            face, local = expand_rows(counts[start:end])
             sy, sz = span[start:end, 1][face], span[start:end, 2][face]
             offset = torch.stack([local // (sy * sz), (local // sz) % sy, local % sz], dim=1)
             keys.append(self._linear(first[start:end][face] + offset))
@@ -208,7 +208,7 @@ def nearest_hits(
             points = origin[todo] + offset * direction[todo]
             start, count = grid.lookup(points)
             for a, b in _row_chunks(count, pair_chunk):
-                row, local = _expand(count[a:b])
+                row, local = expand_rows(count[a:b])
                 line = todo[a:b][row]
                 face = grid.faces[start[a:b][row] + local]
                 dist, _, _ = ray_triangle(origin_t[:, line], direction_t[:, line], grid.table[:, face], cage, facing)
