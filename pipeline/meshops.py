@@ -147,6 +147,12 @@ def _edge_check(faces: np.ndarray, n_vertices: int) -> tuple[bool, bool]:
     return True, bool(np.array_equal(forward, np.sort(edges[:, 1] * np.int64(n_vertices) + edges[:, 0])))
 
 
+def is_watertight(mesh: MeshData) -> bool:
+    """mesh_stats' "watertight" (every edge between exactly two faces, consistent winding) from one sort."""
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    return len(faces) > 0 and all(_edge_check(faces, len(mesh.vertices)))
+
+
 def _face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:  # [F, 3] float64, length 2 x area
     v0 = vertices[faces[:, 0]]
     return np.cross(vertices[faces[:, 1]] - v0, vertices[faces[:, 2]] - v0)
@@ -157,6 +163,32 @@ def _compact(vertices: np.ndarray, faces: np.ndarray) -> MeshData:
     used = _used_vertices(faces, len(vertices))
     new_index = np.cumsum(used) - 1
     return _mesh(vertices[used], new_index[faces])
+
+
+def _large_components(labels: np.ndarray, count: int, normals: np.ndarray,  # [F], -, [F, 3] (2 x area)
+                      min_component_ratio: float) -> np.ndarray:  # [F] bool: the face's component is kept
+    """Components whose face count and area both reach `min_component_ratio` of the largest's."""
+    face_counts = np.bincount(labels, minlength=count)
+    areas = np.bincount(labels, weights=0.5 * np.linalg.norm(normals, axis=1), minlength=count)
+    keep = (face_counts >= min_component_ratio * face_counts.max()) & (areas >= min_component_ratio * areas.max())
+    return keep[labels]
+
+
+def remove_floaters(mesh: MeshData, *, min_component_ratio: float = 0.02) -> MeshData:
+    """Drop the components `clean_mesh` calls floaters, and nothing else.
+
+    For a marching-cubes mesh that is only baked from (the shape stage's dense mesh): its vertices are
+    already welded and its winding consistent and outward, so the rest of clean_mesh would only cost time.
+    """
+    vertices = np.asarray(mesh.vertices)
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0:
+        return _mesh(np.zeros((0, 3)), np.zeros((0, 3)))
+    count, labels = _face_components(faces, len(vertices))
+    if count > 1:
+        faces = faces[_large_components(labels, count, _face_normals(vertices.astype(np.float64), faces),
+                                        min_component_ratio)]
+    return _compact(vertices, faces)
 
 
 def merge_vertices(
@@ -211,10 +243,8 @@ def clean_mesh(
     _check(ctx)
     count, labels = _face_components(faces, len(vertices))
     if count > 1:
-        face_counts = np.bincount(labels, minlength=count)
-        areas = np.bincount(labels, weights=0.5 * np.linalg.norm(normals, axis=1), minlength=count)
-        keep = (face_counts >= min_component_ratio * face_counts.max()) & (areas >= min_component_ratio * areas.max())
-        faces, normals = faces[keep[labels]], normals[keep[labels]]
+        keep = _large_components(labels, count, normals, min_component_ratio)
+        faces, normals = faces[keep], normals[keep]
         count, labels = _face_components(faces, len(vertices))
 
     _check(ctx)
@@ -311,16 +341,29 @@ def smooth(mesh: MeshData, *, iterations: int = 10, lamb: float = 0.5, mu: float
     return _mesh(tm.vertices, mesh.faces)
 
 
+Similarity = tuple[float, np.ndarray]
+"""(scale, offset [3]): v -> v * scale + offset, a uniform scale and a shift."""
+
+
+def apply_similarity(mesh: MeshData, similarity: Similarity) -> MeshData:
+    scale, offset = similarity
+    return _mesh(np.asarray(mesh.vertices, dtype=np.float64) * scale + offset, mesh.faces)
+
+
+def unit_box_similarity(vertices: np.ndarray, *, extent: float = 1.0) -> Similarity:  # vertices [V, 3]
+    """The similarity that centres the bounding box on the origin and makes the largest |coordinate| `extent`."""
+    vertices = np.asarray(vertices, dtype=np.float64)
+    if len(vertices) == 0:
+        return 1.0, np.zeros(3)
+    lo, hi = vertices.min(0), vertices.max(0)
+    half = float(np.abs(vertices - (lo + hi) / 2).max())
+    scale = extent / half if half > 0 else 1.0
+    return scale, -(lo + hi) / 2 * scale
+
+
 def normalize_to_unit_box(mesh: MeshData, *, extent: float = 1.0) -> MeshData:
     """Centre the bounding box on the origin and scale uniformly so the largest |coordinate| is `extent`."""
-    vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    if len(vertices) == 0:
-        return _mesh(vertices, mesh.faces)
-    lo, hi = vertices.min(0), vertices.max(0)
-    centred = vertices - (lo + hi) / 2
-    half = float(np.abs(centred).max())
-    scale = extent / half if half > 0 else 1.0
-    return _mesh(centred * scale, mesh.faces)
+    return apply_similarity(mesh, unit_box_similarity(mesh.vertices, extent=extent))
 
 
 def vertex_normals(

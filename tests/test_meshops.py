@@ -10,8 +10,10 @@ from pipeline.errors import JobTimeout
 from pipeline.meshops import (
     clean_mesh,
     decimate,
+    is_watertight,
     mesh_stats,
     normalize_to_unit_box,
+    remove_floaters,
     smooth,
     vertex_normals,
 )
@@ -122,6 +124,15 @@ def test_clean_mesh_removes_floater_degenerate_and_duplicate_faces() -> None:
     assert stats["components"] == 1
     assert stats["watertight"]
     np.testing.assert_allclose(out.bounds, body.bounds, atol=1e-6)
+
+
+def test_remove_floaters_drops_only_the_small_components() -> None:
+    body, twin = sphere(subdivisions=4), sphere(subdivisions=4, centre=(3, 0, 0))
+    floater = sphere(subdivisions=1, radius=0.05, centre=(-3, 0, 0))  # 80 faces, 1.6 % of the body
+    out = remove_floaters(combine(body, floater, twin))
+    kept = combine(body, twin)
+    assert np.array_equal(out.faces, kept.faces) and np.array_equal(out.vertices, kept.vertices)
+    assert np.array_equal(remove_floaters(kept).faces, kept.faces)  # nothing to drop: unchanged
 
 
 def test_clean_mesh_stops_at_the_deadline() -> None:
@@ -240,6 +251,16 @@ def test_mesh_stats_agree_with_trimesh(name: str) -> None:
     assert stats["area"] == pytest.approx(tm.area, rel=1e-5)
     if stats["watertight"]:
         assert stats["volume"] == pytest.approx(tm.volume, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["stanford-bunny.obj", "fandisk.obj", "spot/spot_triangulated.obj"])
+def test_is_watertight_agrees_with_mesh_stats(name: str) -> None:
+    mesh = load(name)
+    opened = MeshData(vertices=mesh.vertices, faces=mesh.faces[1:])
+    flipped = MeshData(vertices=mesh.vertices, faces=np.concatenate([mesh.faces[:1, ::-1], mesh.faces[1:]]))
+    for case in (mesh, opened, flipped):
+        assert is_watertight(case) == mesh_stats(case)["watertight"]
+    assert not is_watertight(opened) and not is_watertight(flipped)
 
 
 def test_mesh_stats_sees_a_pinched_vertex() -> None:
