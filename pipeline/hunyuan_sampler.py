@@ -16,7 +16,7 @@ calls the stock pipeline itself; it is the reference the fast path is compared w
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,10 @@ from PIL import Image
 from skimage import measure
 
 from pipeline.coarse_to_fine import decode_coarse_to_fine
-from pipeline.context import StageContext
+from pipeline.context import Deadline, StageContext
 from pipeline.errors import StageError
 from pipeline.marching_cubes import marching_cubes
-from pipeline.types import MeshData
+from pipeline.types import VIEW_NAMES, MeshData
 
 ConditionImage = Image.Image | dict[str, Image.Image]
 """One RGBA picture, or for multi-view models {"front"|"left"|"back"|"right": RGBA picture}."""
@@ -189,8 +189,13 @@ def _inside_box(inside: torch.Tensor) -> tuple[list[int], list[int]]:  # inside 
     return lo, hi
 
 
-def extract_surface(grid: torch.Tensor, settings: ShapeSettings, method: str | None = None) -> MeshData | None:
+def extract_surface(grid: torch.Tensor, settings: ShapeSettings, method: str | None = None,
+                    stride: int = 1) -> MeshData | None:
     """Marching cubes on the first grid of the batch; None when the field never crosses the level.
+
+    `stride` > 1 extracts from every `stride`-th grid point only (a coarser surface of the same field, in
+    the same frame): the shape stage reduces that one to the target face count, which costs a fraction of
+    reducing the full-resolution mesh.
 
     `method`: "skimage" is the same scikit-image call as hy3dgen's "mc" extractor, with its vertex mapping,
     so the mesh equals the stock one; "torch" is pipeline/marching_cubes.py, run on the grid's device (the
@@ -202,7 +207,9 @@ def extract_surface(grid: torch.Tensor, settings: ShapeSettings, method: str | N
         method = "torch" if grid.is_cuda else "skimage"
     if method not in ("torch", "skimage"):
         raise ValueError(f"method must be 'torch' or 'skimage', got {method!r}")
-    field = fill_undecoded(grid[:1])[0]  # [R, R, R]
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    field = fill_undecoded(grid[:1])[0][::stride, ::stride, ::stride]  # [R', R', R']
     inside = field > settings.mc_level
     if not bool(inside.any()) or bool(inside.all()):
         return None
@@ -221,8 +228,9 @@ def extract_surface(grid: torch.Tensor, settings: ShapeSettings, method: str | N
             return None
         # hy3dgen reverses marching cubes' winding when it exports (export_to_trimesh); do the same.
         faces = faces[:, ::-1]
-    # hy3dgen's mapping: index / (octree + 1) * box size + box min
-    vertices = (vertices + np.asarray(lo)) / (settings.octree_resolution + 1) * (2 * settings.box_v) - settings.box_v
+    # hy3dgen's mapping: full-grid index / (octree + 1) * box size + box min
+    index = (vertices + np.asarray(lo)) * stride
+    vertices = index / (settings.octree_resolution + 1) * (2 * settings.box_v) - settings.box_v
     return MeshData(vertices=vertices.astype(np.float32), faces=np.ascontiguousarray(faces, dtype=np.int32))
 
 
@@ -234,15 +242,65 @@ def _to_mesh(output: Any) -> MeshData | None:  # hy3dgen's Latent2MeshOutput
     return MeshData(vertices=np.asarray(output.mesh_v, dtype=np.float32), faces=faces)
 
 
-def run_shape(pipe: Any, image: ConditionImage, settings: ShapeSettings, ctx: StageContext) -> MeshData | None:
-    """Picture(s) -> raw surface in hy3dgen's frame, or None when marching cubes finds no surface."""
+@dataclass
+class Surfaces:
+    """The surfaces the shape stage needs from one decoded grid, both in hy3dgen's frame."""
+
+    dense: MeshData  # every grid point: the detail the normal map is baked from
+    coarse: MeshData | None  # every `stride`-th point, to be reduced to the target (None: reduce `dense`)
+    stride: int
+
+
+def reduction_stride(dense_faces: int, target_faces: int, min_ratio: float = 4.0, max_stride: int = 2) -> int:
+    """The coarsest power-of-two stride (up to `max_stride`) whose extraction still has `min_ratio` x the
+    target faces (a marching-cubes mesh's faces scale with 1 / stride^2): quadric decimation then still
+    has room to place its vertices, at a fraction of the cost of reducing the dense mesh (BENCHMARKS.md,
+    "Reduction source", measures the error on real shapes)."""
+    stride = 1
+    while stride * 2 <= max_stride and dense_faces / (stride * 2) ** 2 >= min_ratio * target_faces:
+        stride *= 2
+    return stride
+
+
+def extract_surfaces(grid: torch.Tensor, settings: ShapeSettings, target_faces: int,
+                     max_stride: int = 2) -> Surfaces | None:
+    """The dense surface, plus a coarser extraction of the same grid when the target allows one
+    (`max_stride` 1: never)."""
+    dense = extract_surface(grid, settings)
+    if dense is None:
+        return None
+    stride = reduction_stride(len(dense.faces), target_faces, max_stride=max_stride)
+    coarse = extract_surface(grid, settings, stride=stride) if stride > 1 else None
+    if coarse is None:  # a surface too small for the coarser grid: reduce the dense one
+        stride = 1
+    return Surfaces(dense=dense, coarse=coarse, stride=stride)
+
+
+def sample_grid(pipe: Any, image: ConditionImage, settings: ShapeSettings,
+                ctx: StageContext) -> torch.Tensor:  # [B, R+1, R+1, R+1] float32 logits
+    """Picture(s) -> decoded occupancy grid: encode, sample, decode."""
     ctx.report(0.0, "encoding the picture")
     condition = encode_condition(pipe, image, settings.guidance_scale)
-    latents = sample_latents(pipe, condition, settings, ctx, progress_span=(0.05, 0.75))
-    ctx.report(0.75, "decoding the volume")
-    grid = decode_volume(pipe, latents, settings, ctx)
-    ctx.report(0.85, "extracting the surface")
-    return extract_surface(grid, settings)
+    latents = sample_latents(pipe, condition, settings, ctx, progress_span=(0.05, 0.85))
+    ctx.report(0.85, "decoding the volume")
+    return decode_volume(pipe, latents, settings, ctx)
+
+
+def run_shape(pipe: Any, image: ConditionImage, settings: ShapeSettings, ctx: StageContext) -> MeshData | None:
+    """Picture(s) -> raw surface in hy3dgen's frame, or None when marching cubes finds no surface (what the
+    stock call returns)."""
+    return extract_surface(sample_grid(pipe, image, settings, ctx), settings)
+
+
+def warm_up(pipe: Any, settings: ShapeSettings, multiview: bool) -> None:
+    """Two sampling steps on a synthetic picture (a grey square; all four views for multi-view models),
+    so that work done on a model's first call (torch.compile building the DiT's kernels for the
+    conditioning and guidance-batch shapes every job uses) happens before the first job."""
+    picture = Image.new("RGBA", (256, 256))
+    picture.paste((128, 128, 128, 255), (64, 64, 192, 192))
+    image: ConditionImage = {name: picture for name in VIEW_NAMES} if multiview else picture
+    condition = encode_condition(pipe, image, settings.guidance_scale)
+    sample_latents(pipe, condition, replace(settings, steps=2), StageContext("mesh", Deadline(3600.0)))
 
 
 def run_stock(pipe: Any, image: ConditionImage, settings: ShapeSettings, ctx: StageContext) -> MeshData | None:

@@ -24,7 +24,7 @@ from models.registry import ModelSpec, get_spec
 from pipeline import meshops
 from pipeline.context import StageContext
 from pipeline.errors import StageError
-from pipeline.hunyuan_sampler import ConditionImage, ShapeSettings, run_shape
+from pipeline.hunyuan_sampler import ConditionImage, ShapeSettings, Surfaces, extract_surfaces, sample_grid
 from pipeline.request import JobRequest
 from pipeline.types import VIEW_NAMES, MeshData, MeshResult, ViewSet
 
@@ -45,7 +45,7 @@ def resolve_settings(request: JobRequest, spec: ModelSpec) -> ShapeSettings:
         octree_resolution=(
             request.octree_resolution if request.octree_resolution is not None else defaults.octree_resolution
         ),
-        num_chunks=defaults.num_chunks,
+        num_chunks=request.num_chunks if request.num_chunks is not None else defaults.num_chunks,
         seed=request.seed,
         decoder=defaults.decoder,
     )
@@ -70,29 +70,61 @@ def condition_images(views: ViewSet, multiview: bool) -> tuple[ConditionImage, d
     return {name: Image.fromarray(views.views[name].rgba, "RGBA") for name in present}, info
 
 
-def fit_to_front_view(mesh: MeshData, mask: np.ndarray) -> tuple[MeshData, dict[str, Any]]:  # mask [N, N] bool
-    """Scale and centre `mesh` so its X/Y bounding box matches the front view mask's (uniformly, on the
-    larger side, as hy3dgen's recentring did), keeping it inside [-1, 1]^3."""
+def front_view_similarity(vertices: np.ndarray,  # [V, 3]
+                          mask: np.ndarray) -> tuple[meshops.Similarity | None, dict[str, Any]]:  # mask [N, N]
+    """The scale and shift that make the X/Y bounding box of `vertices` match the front view mask's
+    (uniformly, on the larger side, as hy3dgen's recentring did), keeping the mesh inside [-1, 1]^3;
+    None (with the reason in the info) when there is nothing to fit."""
     rows, cols = np.nonzero(mask)
     if len(rows) == 0:
-        return mesh, {"front_fit": "skipped: empty front mask"}
+        return None, {"front_fit": "skipped: empty front mask"}
     n_rows, n_cols = mask.shape
     x_lo, x_hi = cols.min() / n_cols * 2 - 1, (cols.max() + 1) / n_cols * 2 - 1
     y_lo, y_hi = 1 - (rows.max() + 1) / n_rows * 2, 1 - rows.min() / n_rows * 2
-    vertices = mesh.vertices.astype(np.float64)
+    vertices = np.asarray(vertices, dtype=np.float64)
     lo, hi = vertices.min(0), vertices.max(0)
     side = max(hi[0] - lo[0], hi[1] - lo[1])
     if side <= 0:
-        return mesh, {"front_fit": "skipped: the mesh has no extent in X/Y"}
+        return None, {"front_fit": "skipped: the mesh has no extent in X/Y"}
     scale = max(x_hi - x_lo, y_hi - y_lo) / side
-    target = np.array([(x_lo + x_hi) / 2, (y_lo + y_hi) / 2, 0.0])
-    vertices = (vertices - (lo + hi) / 2) * scale + target
-    overflow = float(np.abs(vertices).max())
+    offset = np.array([(x_lo + x_hi) / 2, (y_lo + y_hi) / 2, 0.0]) - (lo + hi) / 2 * scale
+    overflow = float(np.abs(np.stack([lo, hi]) * scale + offset).max())  # the box's corners bound the mesh
     info: dict[str, Any] = {"front_fit": {"scale": float(scale)}}
     if overflow > 1.0:  # deeper than the box allows: shrink about the origin, alignment is then approximate
-        vertices /= overflow
+        scale, offset = scale / overflow, offset / overflow
         info["front_fit"]["shrunk_to_fit"] = 1.0 / overflow
-    return MeshData(vertices=vertices.astype(np.float32), faces=mesh.faces), info
+    return (scale, offset), info
+
+
+def fit_to_front_view(mesh: MeshData, mask: np.ndarray) -> tuple[MeshData, dict[str, Any]]:  # mask [N, N] bool
+    """`mesh` moved by its `front_view_similarity`."""
+    similarity, info = front_view_similarity(mesh.vertices, mask)
+    return (mesh if similarity is None else meshops.apply_similarity(mesh, similarity)), info
+
+
+def clean_and_reduce(surfaces: Surfaces, target_faces: int, mask: np.ndarray,  # mask: the front view's [N, N]
+                     ctx: StageContext) -> tuple[MeshData, MeshData, dict[str, Any]]:
+    """(reduced mesh, dense mesh, info): floaters and degenerate faces removed, both in the unit box and
+    fitted to the front view by the same similarity (the dense mesh's), the reduced one decimated to
+    `target_faces` from the coarse extraction when there is one (pipeline/hunyuan_sampler.py)."""
+    if surfaces.coarse is None:
+        dense = source = meshops.clean_mesh(surfaces.dense, ctx=ctx)
+    else:
+        # The dense mesh is only baked from: marching cubes already welded and wound it consistently.
+        dense = meshops.remove_floaters(surfaces.dense)
+        source = meshops.clean_mesh(surfaces.coarse, ctx=ctx)
+    if len(dense.faces) == 0 or len(source.faces) == 0:
+        raise StageError(NO_SURFACE, stage="mesh")
+    # hy3dgen's frame is already the world frame (module docstring): no axis change, only scale/offset.
+    to_unit_box = meshops.unit_box_similarity(dense.vertices)
+    dense, source = (meshops.apply_similarity(mesh, to_unit_box) for mesh in (dense, source))
+    fit, info = front_view_similarity(dense.vertices, mask)
+    if fit is not None:
+        dense, source = (meshops.apply_similarity(mesh, fit) for mesh in (dense, source))
+    ctx.report(0.9, f"reducing {len(source.faces)} faces to {target_faces}")
+    mesh = meshops.decimate(source, target_faces, ctx=ctx)
+    info["reduced_from"] = {"stride": surfaces.stride, "faces": int(len(source.faces))}
+    return mesh, dense, info
 
 
 def generate_hunyuan_mesh(request: JobRequest, views: ViewSet, ctx: StageContext,
@@ -105,20 +137,16 @@ def generate_hunyuan_mesh(request: JobRequest, views: ViewSet, ctx: StageContext
     image, info = condition_images(views, spec.multiview)
     sampling = ctx.span[0], ctx.span[0] + (ctx.span[1] - ctx.span[0]) * 0.8
     with models.lock:
-        raw = run_shape(pipe, image, settings, StageContext(ctx.stage, ctx.deadline, ctx.progress, sampling))
-    if raw is None:
+        grid = sample_grid(pipe, image, settings, StageContext(ctx.stage, ctx.deadline, ctx.progress, sampling))
+        ctx.report(0.8, "extracting the surface")
+        surfaces = extract_surfaces(grid, settings, request.target_faces)
+        del grid  # 0.2 GB of GPU memory at octree 384
+    if surfaces is None:
         raise StageError(NO_SURFACE, stage="mesh")
-    ctx.report(0.8, "cleaning the mesh")
-    dense = meshops.clean_mesh(raw)
-    if len(dense.faces) == 0:
-        raise StageError(NO_SURFACE, stage="mesh")
-    # hy3dgen's frame is already the world frame (module docstring): no axis change, only scale/offset.
-    dense = meshops.normalize_to_unit_box(dense)
-    dense, fit = fit_to_front_view(dense, views.front.mask)
-    ctx.report(0.9, f"reducing {len(dense.faces)} faces to {request.target_faces}")
-    mesh = meshops.decimate(dense, request.target_faces, ctx=ctx)
-    info.update(fit, faces_raw=int(len(raw.faces)), faces_dense=int(len(dense.faces)), faces=int(len(mesh.faces)),
-                watertight=bool(meshops.mesh_stats(mesh)["watertight"]))
+    ctx.report(0.85, "cleaning the mesh")
+    mesh, dense, fit = clean_and_reduce(surfaces, request.target_faces, views.front.mask, ctx)
+    info.update(fit, faces_raw=int(len(surfaces.dense.faces)), faces_dense=int(len(dense.faces)),
+                faces=int(len(mesh.faces)), watertight=meshops.is_watertight(mesh))
     model = {**models.describe(spec.name), "settings": settings.as_dict()}
     ctx.report(1.0, "mesh ready")
     return MeshResult(mesh=mesh, dense=dense, model=model, info=info)

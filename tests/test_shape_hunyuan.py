@@ -9,16 +9,25 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.spatial import cKDTree
 
 from models.manager import ModelManager
 from models.registry import get_spec, missing_files
 from pipeline import meshops
 from pipeline.context import Deadline, StageContext
 from pipeline.errors import JobCancelled, ModelUnavailableError, StageError
-from pipeline.hunyuan_sampler import ShapeSettings, fill_undecoded, run_shape, run_stock
+from pipeline.hunyuan_sampler import (
+    ShapeSettings,
+    extract_surfaces,
+    fill_undecoded,
+    reduction_stride,
+    run_shape,
+    run_stock,
+)
 from pipeline.request import parse_request
-from pipeline.shape_hunyuan import NO_SURFACE, fit_to_front_view, generate_hunyuan_mesh
+from pipeline.shape_hunyuan import NO_SURFACE, clean_and_reduce, fit_to_front_view, generate_hunyuan_mesh
 from pipeline.types import MeshData, PreparedView, ViewSet
+from bench.cleanup_cpu import analytic_grid
 from tests.tiny_models import install_shape_model
 from utils.settings import Settings
 
@@ -308,3 +317,42 @@ def test_handler_makes_a_valid_bundle_with_hunyuan_models(models_dir, tmp_path):
         shape = next(model for model in meta["models"] if model["name"] == extra["shape_model"])
         assert shape["settings"]["seed"] == 5 and shape["device"] == "cpu"
         assert meta["outputs"]["model.glb"]["faces"] <= 1000
+
+
+# --- reduction source -----------------------------------------------------------------------------------------
+
+
+def test_reduction_stride_keeps_four_times_the_target():
+    assert reduction_stride(850_000, 40_000) == 2  # 212k faces left: room for the decimation
+    assert reduction_stride(600_000, 40_000) == 1  # 150k < 4 x 40k: reduce the dense mesh
+    assert reduction_stride(850_000, 10_000, max_stride=4) == 4
+    assert reduction_stride(850_000, 10_000) == 2  # capped
+
+
+def test_coarse_extraction_is_the_same_surface_in_the_same_frame():
+    settings = ShapeSettings(steps=1, guidance_scale=0.0, octree_resolution=128, num_chunks=1, seed=0)
+    surfaces = extract_surfaces(analytic_grid(128), settings, target_faces=2_000)
+    assert surfaces.stride == 2
+    dense, coarse = surfaces.dense, surfaces.coarse
+    assert len(coarse.faces) < len(dense.faces) / 3
+    # Every coarse vertex lies on a grid edge of the stride-2 grid, between two field values of opposite
+    # sign: within a coarse cell (2 fine cells) of the dense surface, and the boxes agree to that.
+    cell = 2.02 / 128
+    assert np.abs(coarse.bounds - dense.bounds).max() < 2 * cell
+    distance, _ = cKDTree(dense.vertices).query(coarse.vertices)
+    assert distance.max() < 2 * cell
+
+
+def test_clean_and_reduce_moves_both_meshes_alike():
+    settings = ShapeSettings(steps=1, guidance_scale=0.0, octree_resolution=128, num_chunks=1, seed=0)
+    surfaces = extract_surfaces(analytic_grid(128), settings, target_faces=2_000)
+    views = front_only("crate.png")
+    mesh, dense, info = clean_and_reduce(surfaces, 2_000, views.front.mask, ctx())
+    assert info["reduced_from"] == {"stride": 2, "faces": len(surfaces.coarse.faces)}
+    assert len(mesh.faces) <= 2_000 and meshops.mesh_stats(mesh)["watertight"]
+    reference, _ = fit_to_front_view(meshops.normalize_to_unit_box(meshops.clean_mesh(surfaces.dense)),
+                                     views.front.mask)
+    assert np.allclose(dense.bounds, reference.bounds, atol=1e-5)
+    # the reduced mesh came through the same similarity: it stays within a coarse cell of the dense one
+    scale = np.ptp(dense.vertices, 0).max() / np.ptp(surfaces.dense.vertices, 0).max()
+    assert np.abs(mesh.bounds - dense.bounds).max() < 2 * (2.02 / 128) * scale
