@@ -4,8 +4,10 @@
 #   docker build -t img2asset:1.0.0 .                                      # weights from a volume or the HF cache
 #   docker build -t img2asset:1.0.0 --build-arg MODELS="hunyuan3d-2" .     # weights baked into the image
 #
-# Nothing is compiled: every Python package is installed from a binary wheel (--only-binary=:all:), and the
-# final image has no compiler. torch's wheels carry their own CUDA user-space libraries and cuDNN, so the base
+# Nothing is built at install time: every Python package is installed from a binary wheel
+# (--only-binary=:all:). The image carries a C compiler and Python's headers for one run-time job only:
+# Triton, behind torch.compile of the shape DiT (TORCH_COMPILE, on by default), builds its small kernel
+# launchers with them when the worker warms up. torch's wheels carry their own CUDA user-space libraries and cuDNN, so the base
 # is NVIDIA's small "base" flavour: it wires the host driver into the container (NVIDIA_* variables) and,
 # through NVIDIA_REQUIRE_CUDA, refuses to start on a host whose driver is too old for its CUDA version.
 
@@ -22,14 +24,15 @@ ARG TORCH_INDEX_URL=https://pypi.org/simple
 ENV DEBIAN_FRONTEND=noninteractive
 
 # Python 3.11 from deadsnakes (22.04's own 3.11 is a release candidate), and the shared libraries the wheels
-# load: libGL/libOpenGL/fontconfig/freetype/png for pymeshlab, glib for OpenCV, libgomp for OpenMP.
+# load: libGL/libOpenGL/fontconfig/freetype/png for pymeshlab, glib for OpenCV, libgomp for OpenMP; gcc,
+# libc6-dev and python3.11-dev for Triton's launchers (above).
 # software-properties-common is only needed to add the PPA and is removed in the same layer.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends software-properties-common gpg-agent ca-certificates \
     && add-apt-repository -y ppa:deadsnakes/ppa \
     && apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv \
+        python3.11 python3.11-venv python3.11-dev gcc libc6-dev \
         libgl1 libopengl0 libglib2.0-0 libgomp1 libfontconfig1 libfreetype6 libpng16-16 \
     && apt-get purge -y --auto-remove software-properties-common gpg-agent \
     && rm -rf /var/lib/apt/lists/*
