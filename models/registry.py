@@ -31,7 +31,9 @@ class SamplerDefaults:
     steps: int
     guidance_scale: float
     octree_resolution: int = 384
-    num_chunks: int = 8000  # query points per volume-decoding batch (memory vs. speed)
+    # Query points per volume-decoding batch: memory vs. speed (8000, hy3dgen's, is 10-15 % slower on an
+    # H100 at octree 384; 65536 adds under 0.1 GiB to the peak, BENCHMARKS.md).
+    num_chunks: int = 65_536
     flashvdm: bool = False  # decode only near the surface (FlashVDM), with the model's turbo VAE
 
     @property

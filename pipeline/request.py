@@ -61,6 +61,7 @@ class JobRequest(_Strict):
     steps: Optional[int] = Field(None, ge=1, le=200)
     guidance_scale: Optional[float] = Field(None, ge=0.0, le=30.0)
     octree_resolution: Optional[int] = Field(None, ge=64, le=1024)
+    num_chunks: Optional[int] = Field(None, ge=1_000, le=1_000_000)  # query points per volume-decoding batch
     target_faces: int = Field(40_000, ge=1_000, le=500_000)
     texture: bool = True
     texture_size: Literal[512, 1024, 2048, 4096] = 2048

@@ -75,3 +75,15 @@ def test_exactly_one_image(raw: dict) -> None:
 def test_non_object_input(raw: object) -> None:
     with pytest.raises(InputError, match="input: must be a JSON object"):
         parse_request(raw)
+
+
+def test_num_chunks_is_bounded_and_reaches_the_sampler_settings():
+    from models.registry import get_spec
+    from pipeline.shape_hunyuan import resolve_settings
+
+    spec = get_spec("hunyuan3d-2")
+    assert resolve_settings(parse_request({"image_url": "https://x/y.png"}), spec).num_chunks == 65_536
+    request = parse_request({"image_url": "https://x/y.png", "num_chunks": 20_000})
+    assert resolve_settings(request, spec).num_chunks == 20_000
+    with pytest.raises(InputError, match="num_chunks"):
+        parse_request({"image_url": "https://x/y.png", "num_chunks": 10})
