@@ -15,9 +15,13 @@ that steep. The field is gain * (cos x + cos y + cos z - 2.7); on its surface th
 bracket has length 0.71 (on the axes, |sin 0.795|) to 0.76 (on the diagonals), so |logit| < 0.95 is a
 shell of half-width 0.95 / (0.73 * gain). At octree 384 a cell is 2.02 / 384 = 0.00526, so gain 250
 gives a half-width of 0.0052: about one cell on each side, a band 2 cells thick (gain 3, the tests'
-default, gives 0.43: 80 cells on each side). Each step is timed on its
-own (encode, sample, decode, extract, clean-up = clean + normalise + decimate), then the stock
-`pipe(image=...)` call runs at the same settings in the same process (it decodes every grid point unless
+default, gives 0.43: 80 cells on each side). As in the worker, the DiT's blocks are compiled on CUDA
+(models/dit_compile.py, built by a warm-up; --no-compile runs them eagerly) and the game mesh is reduced
+from a coarser extraction of the same grid when the target allows (pipeline/hunyuan_sampler.py
+`extract_surfaces`; --max-stride 1 reduces the dense mesh). Each step is timed on its own (encode,
+sample, decode, extract = the dense and the coarse marching cubes, clean-up =
+`shape_hunyuan.clean_and_reduce`), then the stock `pipe(image=...)` call runs at the same settings in the
+same process (hy3dgen's own DiT forward, eager; it decodes every grid point unless
 the decoder is flashvdm, which is enabled on its VAE); the ratio is stock / ours for image -> raw mesh. Peak GPU memory covers everything after loading. Prints a Markdown table and JSON.
 """
 from __future__ import annotations
@@ -30,22 +34,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from bench.report import run_cli
+from models.dit_compile import compile_dit_blocks
 from models.registry import get_spec
-from pipeline import meshops
 from pipeline.context import Deadline, StageContext
 from pipeline.hunyuan_sampler import (
     DECODERS,
     ShapeSettings,
     decode_volume,
     encode_condition,
-    extract_surface,
+    extract_surfaces,
     run_stock,
     sample_latents,
+    warm_up,
 )
+from pipeline.shape_hunyuan import clean_and_reduce
 from tests.tiny_models import build_pipeline, dit_config
 
 FIELD_GAIN = 250.0  # band |logit| < 0.95 about 2 cells thick at octree 384 (module docstring)
@@ -68,26 +75,23 @@ def _timed(device: str, fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def run_once(pipe: Any, image: Image.Image, settings: ShapeSettings, device: str, target_faces: int,
-             stock: bool) -> dict[str, float]:
+             stock: bool, max_stride: int) -> dict[str, float]:
     """One image -> cleaned mesh run, timed per step; plus the stock call when `stock`."""
     ctx = StageContext("mesh", Deadline(3600.0))
     times: dict[str, float] = {}
     condition, times["encode"] = _timed(device, lambda: encode_condition(pipe, image, settings.guidance_scale))
     latents, times["sample"] = _timed(device, lambda: sample_latents(pipe, condition, settings, ctx))
     grid, times["decode"] = _timed(device, lambda: decode_volume(pipe, latents, settings, ctx))
-    raw, times["extract"] = _timed(device, lambda: extract_surface(grid, settings))
-    if raw is None:
+    surfaces, times["extract"] = _timed(device, lambda: extract_surfaces(grid, settings, target_faces, max_stride))
+    if surfaces is None:
         raise RuntimeError("no surface: the rewired decoder should always give one")
-
-    def clean_up() -> meshops.MeshData:
-        dense = meshops.normalize_to_unit_box(meshops.clean_mesh(raw))
-        return meshops.decimate(dense, target_faces)
-
-    mesh, times["cleanup"] = _timed(device, clean_up)
+    mask = np.asarray(image)[..., 3] >= 128
+    (mesh, _, _), times["cleanup"] = _timed(device, lambda: clean_and_reduce(surfaces, target_faces, mask, ctx))
     times["ours_raw"] = times["encode"] + times["sample"] + times["decode"] + times["extract"]
     times["ours_total"] = times["ours_raw"] + times["cleanup"]
-    times["faces_raw"] = float(len(raw.faces))
+    times["faces_raw"] = float(len(surfaces.dense.faces))
     times["faces_final"] = float(len(mesh.faces))
+    times["stride"] = float(surfaces.stride)
     if stock:
         _, times["stock_raw"] = _timed(device, lambda: run_stock(pipe, image, settings, ctx))
         times["ratio"] = times["stock_raw"] / times["ours_raw"]
@@ -116,18 +120,23 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         decoder=decoder,
     )
     image = Image.open(EXAMPLE).convert("RGBA")
-    run_once(pipe, image, settings, args.device, args.target_faces, stock=False)  # warm-up
+    compile_seconds = 0.0
+    if args.device.startswith("cuda") and not args.no_compile:  # as the worker does (TORCH_COMPILE, default on)
+        compile_dit_blocks(pipe.model)
+        _, compile_seconds = _timed(args.device, lambda: warm_up(pipe, settings, multiview=False))
+    run_once(pipe, image, settings, args.device, args.target_faces, stock=False, max_stride=args.max_stride)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(args.device)
-    runs = [run_once(pipe, image, settings, args.device, args.target_faces, stock=not args.no_stock)
-            for _ in range(args.repeats)]
+    runs = [run_once(pipe, image, settings, args.device, args.target_faces, stock=not args.no_stock,
+                     max_stride=args.max_stride) for _ in range(args.repeats)]
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     result: dict[str, Any] = {
         "model": spec.name, "size": size, "device": args.device, "dtype": args.dtype,
         "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                         else platform.processor()),
         "torch": torch.__version__, "settings": settings.as_dict(), "repeats": args.repeats,
-        "build_seconds": build_seconds, "field_gain": args.field_gain, "median": medians,
+        "build_seconds": build_seconds, "compile_seconds": compile_seconds, "field_gain": args.field_gain,
+        "median": medians,
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                        for name in ("model", "vae", "conditioner")},
     }
@@ -139,11 +148,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     m = result["median"]
     s = result["settings"]
-    head = ("| model | dtype | steps | octree | decoder | encode | sample | decode | extract | clean-up "
-            "| ours total | stock raw | stock/ours | faces raw | peak GiB |")
-    sep = "|" + "---|" * 15
+    head = ("| model | dtype | steps | octree | decoder | compiled | reduced from | encode | sample | decode | extract "
+            "| clean-up | ours total | stock raw | stock/ours | faces raw | peak GiB |")
+    sep = "|" + "---|" * 17
+    compiled = "yes" if result["compile_seconds"] else "no"
     row = (f"| {result['model']} ({result['size']}) | {result['dtype']} | {s['steps']} | {s['octree_resolution']} "
-           f"| {s['decoder']} | {m['encode']:.3f} | {m['sample']:.3f} | {m['decode']:.3f} | {m['extract']:.3f} "
+           f"| {s['decoder']} | {compiled} | stride {int(m['stride'])} | {m['encode']:.3f} | {m['sample']:.3f} "
+           f"| {m['decode']:.3f} | {m['extract']:.3f} "
            f"| {m['cleanup']:.3f} | {m['ours_total']:.3f} | {m.get('stock_raw', float('nan')):.3f} "
            f"| {m.get('ratio', float('nan')):.2f} | {int(m['faces_raw'])} | {result.get('peak_gib', float('nan')):.2f} |")
     return "\n".join([head, sep, row])
@@ -165,6 +176,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target-faces", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-stock", action="store_true", help="skip the stock hy3dgen call")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="run the DiT blocks eagerly (the worker with TORCH_COMPILE=0)")
+    parser.add_argument("--max-stride", type=int, default=2,
+                        help="coarsest extraction the reduction may start from (1: reduce the dense mesh)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.dtype is None:
