@@ -266,6 +266,7 @@ def extract_surfaces(grid: torch.Tensor, settings: ShapeSettings, target_faces: 
                      max_stride: int = 2) -> Surfaces | None:
     """The dense surface, plus a coarser extraction of the same grid when the target allows one
     (`max_stride` 1: never)."""
+    grid = fill_undecoded(grid[:1])  # once for both extractions
     dense = extract_surface(grid, settings)
     if dense is None:
         return None

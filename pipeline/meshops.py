@@ -350,6 +350,12 @@ def apply_similarity(mesh: MeshData, similarity: Similarity) -> MeshData:
     return _mesh(np.asarray(mesh.vertices, dtype=np.float64) * scale + offset, mesh.faces)
 
 
+def compose_similarities(first: Similarity, then: Similarity) -> Similarity:
+    """The similarity that applies `first`, then `then`."""
+    (s1, o1), (s2, o2) = first, then
+    return s1 * s2, np.asarray(o1) * s2 + o2
+
+
 def unit_box_similarity(vertices: np.ndarray, *, extent: float = 1.0) -> Similarity:  # vertices [V, 3]
     """The similarity that centres the bounding box on the origin and makes the largest |coordinate| `extent`."""
     vertices = np.asarray(vertices, dtype=np.float64)

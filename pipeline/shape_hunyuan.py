@@ -8,7 +8,7 @@ mesh from +Z with +Y up (hy3dgen/texgen/differentiable_renderer: `set_mesh` maps
 (-x, z, -y) in its Z-up renderer, whose azimuth-0 camera sits on that frame's +Y, i.e. the mesh's +Z,
 with image-right along the mesh's +X and image-up along its +Y after the rasteriser's row flip). That
 is our world frame (pipeline/types.py), so the orientation transform is the identity;
-`fit_to_front_view` then scales and centres the mesh so its X/Y silhouette lines up with the front view's
+`front_view_similarity` then scales and centres the mesh so its X/Y silhouette lines up with the front view's
 mask, as the front view's pixel <-> world mapping promises.
 
 Sampling details (steps, guidance, decoding) live in pipeline/hunyuan_sampler.py.
@@ -96,17 +96,12 @@ def front_view_similarity(vertices: np.ndarray,  # [V, 3]
     return (scale, offset), info
 
 
-def fit_to_front_view(mesh: MeshData, mask: np.ndarray) -> tuple[MeshData, dict[str, Any]]:  # mask [N, N] bool
-    """`mesh` moved by its `front_view_similarity`."""
-    similarity, info = front_view_similarity(mesh.vertices, mask)
-    return (mesh if similarity is None else meshops.apply_similarity(mesh, similarity)), info
-
-
 def clean_and_reduce(surfaces: Surfaces, target_faces: int, mask: np.ndarray,  # mask: the front view's [N, N]
                      ctx: StageContext) -> tuple[MeshData, MeshData, dict[str, Any]]:
-    """(reduced mesh, dense mesh, info): floaters and degenerate faces removed, both in the unit box and
-    fitted to the front view by the same similarity (the dense mesh's), the reduced one decimated to
-    `target_faces` from the coarse extraction when there is one (pipeline/hunyuan_sampler.py)."""
+    """(reduced mesh, dense mesh, info): both in the unit box and fitted to the front view by the same
+    similarity (the dense mesh's); the reduced one cleaned (meshops.clean_mesh) and decimated to
+    `target_faces`, from the coarse extraction when there is one (pipeline/hunyuan_sampler.py); the dense
+    one cleaned too when it is also the reduction's source, else only rid of floaters."""
     if surfaces.coarse is None:
         dense = source = meshops.clean_mesh(surfaces.dense, ctx=ctx)
     else:
@@ -116,11 +111,13 @@ def clean_and_reduce(surfaces: Surfaces, target_faces: int, mask: np.ndarray,  #
     if len(dense.faces) == 0 or len(source.faces) == 0:
         raise StageError(NO_SURFACE, stage="mesh")
     # hy3dgen's frame is already the world frame (module docstring): no axis change, only scale/offset.
-    to_unit_box = meshops.unit_box_similarity(dense.vertices)
-    dense, source = (meshops.apply_similarity(mesh, to_unit_box) for mesh in (dense, source))
-    fit, info = front_view_similarity(dense.vertices, mask)
+    similarity = meshops.unit_box_similarity(dense.vertices)
+    scale, offset = similarity
+    # The front fit reads only the bounding box: fit the unit-box one, then move each mesh once.
+    fit, info = front_view_similarity(dense.bounds * scale + offset, mask)
     if fit is not None:
-        dense, source = (meshops.apply_similarity(mesh, fit) for mesh in (dense, source))
+        similarity = meshops.compose_similarities(similarity, fit)
+    dense, source = (meshops.apply_similarity(mesh, similarity) for mesh in (dense, source))
     ctx.report(0.9, f"reducing {len(source.faces)} faces to {target_faces}")
     mesh = meshops.decimate(source, target_faces, ctx=ctx)
     info["reduced_from"] = {"stride": surfaces.stride, "faces": int(len(source.faces))}

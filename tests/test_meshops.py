@@ -274,3 +274,13 @@ def test_mesh_stats_sees_a_pinched_vertex() -> None:
     assert stats["watertight"]
     assert not stats["manifold"]
     assert stats["components"] == 1
+
+
+def test_composed_similarities_move_like_the_two_in_turn() -> None:
+    from pipeline.meshops import apply_similarity, compose_similarities, unit_box_similarity
+
+    mesh = load("fandisk.obj")
+    first = unit_box_similarity(mesh.vertices, extent=0.9)
+    then = (1.7, np.array([0.1, -0.2, 0.3]))
+    np.testing.assert_allclose(apply_similarity(mesh, compose_similarities(first, then)).vertices,
+                               apply_similarity(apply_similarity(mesh, first), then).vertices, atol=1e-6)

@@ -25,7 +25,7 @@ from pipeline.hunyuan_sampler import (
     run_stock,
 )
 from pipeline.request import parse_request
-from pipeline.shape_hunyuan import NO_SURFACE, clean_and_reduce, fit_to_front_view, generate_hunyuan_mesh
+from pipeline.shape_hunyuan import NO_SURFACE, clean_and_reduce, front_view_similarity, generate_hunyuan_mesh
 from pipeline.types import MeshData, PreparedView, ViewSet
 from bench.cleanup_cpu import analytic_grid
 from tests.tiny_models import install_shape_model
@@ -126,6 +126,11 @@ def test_mesh_lines_up_with_the_front_view(manager):
     extent = max(hi[0] - lo[0], hi[1] - lo[1])
     assert extent == pytest.approx((mask_box[1] - mask_box[0]).max(), abs=1e-5)
     assert abs((lo[2] + hi[2]) / 2) < 1e-5
+
+
+def fit_to_front_view(mesh: MeshData, mask: np.ndarray) -> tuple[MeshData, dict]:
+    similarity, info = front_view_similarity(mesh.vertices, mask)
+    return (mesh if similarity is None else meshops.apply_similarity(mesh, similarity)), info
 
 
 def test_fit_to_front_view_shrinks_deep_meshes_into_the_box():
