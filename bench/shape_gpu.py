@@ -7,10 +7,14 @@
     python -m bench.shape_gpu --tiny --device cpu                 # smoke run (tests use it)
 
 The pipeline is built in memory from the REAL config (DiT v2-0 1.1B + DINOv2-giant + ShapeVAE) with
-random weights; the VAE's geometry decoder is rewired to a smooth closed field (tests/tiny_models.py) so
-marching cubes and clean-up see one realistic closed surface instead of noise. The decoders that refine
-near the surface (hierarchical, flashvdm) skip what lies beyond |logit| = 0.95; a trained occupancy
-decoder's logits pass +-1 within a cell or two of the surface, so --field-gain makes the rewired field
+random weights. For a model whose registry spec names a `vae` (turbo, fast) that VAE replaces the DiT
+file's, as in the worker: the FlashVDM VAE, whose geometry decoder is lighter (width 512 instead of 1024,
+MLP expand 1 instead of 4, no ln_post; tests/tiny_models.py): 2.1M parameters instead of 12.7M, and per
+query point 4.2M multiply-adds instead of 16.8M attending to all 3072 latents, 2.1M instead of 12.6M
+attending to FlashVDM's top 1024. The geometry decoder is rewired to a smooth closed field
+(tests/tiny_models.py; the same field for both VAEs) so marching cubes and clean-up see one realistic
+closed surface instead of noise. The decoders that refine near the surface (hierarchical, flashvdm) skip
+what lies beyond |logit| = 0.95; a trained occupancy decoder's logits pass +-1 within a cell or two of the surface, so --field-gain makes the rewired field
 that steep. The field is gain * (cos x + cos y + cos z - 2.7); on its surface the gradient of the
 bracket has length 0.71 (on the axes, |sin 0.795|) to 0.76 (on the diagonals), so |logit| < 0.95 is a
 shell of half-width 0.95 / (0.73 * gain). At octree 384 a cell is 2.02 / 384 = 0.00526, so gain 250
@@ -53,7 +57,7 @@ from pipeline.hunyuan_sampler import (
     warm_up,
 )
 from pipeline.shape_hunyuan import clean_and_reduce
-from tests.tiny_models import build_pipeline, dit_config
+from tests.tiny_models import build_pipeline, dit_config, vae_config
 
 FIELD_GAIN = 250.0  # band |logit| < 0.95 about 2 cells thick at octree 384 (module docstring)
 
@@ -106,7 +110,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     size = "tiny" if args.tiny else "real"
     dtype = DTYPES[args.dtype]
     started = time.perf_counter()
-    pipe = build_pipeline(dit_config(spec.name, size=size), device=args.device, dtype=dtype, gain=args.field_gain)
+    vae = None if spec.vae is None else vae_config(spec.vae, size=size)  # the worker's VAE swap (models/manager.py)
+    pipe = build_pipeline(dit_config(spec.name, size=size), device=args.device, dtype=dtype, gain=args.field_gain,
+                          vae=vae)
     decoder = args.decoder or defaults.decoder
     if decoder == "flashvdm":  # the stock call decodes with what the VAE has: make it the same
         pipe.vae.enable_flashvdm_decoder(enabled=True, adaptive_kv_selection=True, topk_mode="mean", mc_algo="mc")
@@ -131,7 +137,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      max_stride=args.max_stride) for _ in range(args.repeats)]
     medians = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     result: dict[str, Any] = {
-        "model": spec.name, "size": size, "device": args.device, "dtype": args.dtype,
+        "model": spec.name, "vae": spec.vae, "size": size, "device": args.device, "dtype": args.dtype,
         "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                         else platform.processor()),
         "torch": torch.__version__, "settings": settings.as_dict(), "repeats": args.repeats,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from scipy.spatial import cKDTree
 
 from models.manager import ModelManager
-from models.registry import get_spec, missing_files
+from models.registry import get_spec, missing_files, model_dir
 from pipeline import meshops
 from pipeline.context import Deadline, StageContext
 from pipeline.errors import JobCancelled, ModelUnavailableError, StageError
@@ -28,7 +29,7 @@ from pipeline.request import parse_request
 from pipeline.shape_hunyuan import NO_SURFACE, clean_and_reduce, front_view_similarity, generate_hunyuan_mesh
 from pipeline.types import MeshData, PreparedView, ViewSet
 from bench.cleanup_cpu import analytic_grid
-from tests.tiny_models import install_shape_model
+from tests.tiny_models import build_vae, dit_config, install_shape_model, vae_config
 from utils.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -289,11 +290,29 @@ def test_turbo_refined_flashvdm_levels_still_give_a_closed_mesh(manager):
     assert stats["watertight"] and stats["components"] == 1 and np.isfinite(result.dense.vertices).all()
 
 
-def test_benchmark_runs_tiny_on_cpu(tmp_path):
+def test_turbo_and_fast_decode_with_the_lighter_flashvdm_vae(models_dir, manager):
+    """install_shape_model writes the FlashVDM VAE with its own geometry decoder (no ln_post, a latents_proj),
+    and the manager loads it through ShapeVAE.from_pretrained (a strict load) in place of the DiT file's VAE;
+    test_each_model_gives_one_closed_outward_mesh meshes with it end to end."""
+    folder = model_dir(get_spec("hunyuan3d-2-vae-turbo"), models_dir)
+    stored = load_file(folder / "model.fp16.safetensors")
+    assert not [key for key in stored if key.startswith("geo_decoder.ln_post.")]
+    assert {"geo_decoder.latents_proj.weight", "geo_decoder.latents_proj.bias"} <= set(stored)
+    dit = load_file(model_dir(get_spec("hunyuan3d-2-turbo"), models_dir) / "model.fp16.safetensors")
+    assert "vae.geo_decoder.ln_post.weight" in dit  # the DiT file's own VAE is the standard one
+    for name in ("hunyuan3d-2-turbo", "hunyuan3d-2-fast"):
+        decoder = manager.shape_pipeline(name).vae.geo_decoder
+        assert not decoder.enable_ln_post and decoder.downsample_ratio == 2
+        assert torch.equal(decoder.latents_proj.weight, stored["geo_decoder.latents_proj.weight"].float())
+    assert manager.shape_pipeline("hunyuan3d-2").vae.geo_decoder.enable_ln_post
+
+
+@pytest.mark.parametrize("name", ["hunyuan3d-2", "hunyuan3d-2-turbo"])
+def test_benchmark_runs_tiny_on_cpu(tmp_path, name):
     from bench.shape_gpu import main
 
     out = tmp_path / "bench.json"
-    result = main(["--tiny", "--device", "cpu", "--steps", "2", "--octree", "48", "--repeats", "1",
+    result = main(["--tiny", "--device", "cpu", "--model", name, "--steps", "2", "--octree", "48", "--repeats", "1",
                    "--target-faces", "2000", "--json", str(out)])
     saved = json.loads(out.read_text())
     median = saved["median"]
@@ -301,6 +320,10 @@ def test_benchmark_runs_tiny_on_cpu(tmp_path):
         assert median[key] > 0
     assert median["faces_final"] <= 2000 < median["faces_raw"]
     assert result["parameters"]["model"] > 0 and saved["settings"]["steps"] == 2
+    vae = get_spec(name).vae  # turbo decodes with the FlashVDM VAE, as the worker does
+    config = dit_config(name)["vae"] if vae is None else vae_config(vae)
+    assert saved["vae"] == vae
+    assert result["parameters"]["vae"] == sum(p.numel() for p in build_vae(config).parameters())
 
 
 def test_handler_makes_a_valid_bundle_with_hunyuan_models(models_dir, tmp_path):

@@ -4,15 +4,18 @@
 model.fp16.safetensors}` for a REGISTRY shape model (and the VAE folders it requires), with the same
 config structure and checkpoint key layout as Tencent's files, so the worker loads them through hy3dgen's
 real `from_pretrained` path. `size="tiny"` shrinks every width and depth; `size="real"` keeps the real
-v2-0 dimensions (the benchmark uses them with `build_pipeline`, which skips the disk).
+v2-0 dimensions (the benchmark uses them with `build_pipeline`, which skips the disk). The stand-alone
+FlashVDM VAE (`hunyuan3d-2-vae-turbo`, which the turbo and fast models decode with) has its own, lighter
+geometry decoder (`vae_params(size, vae=...)`).
 
 Random weights make the VAE's geometry decoder output noise. `rewire_geo_decoder` sets its input and
 output layers so the field it returns is the smooth closed function
 
     gain * (cos x + cos y + cos z - level  (+ tilt * sin y))
 
-while the attention and MLP branches still add a small latent-dependent term: data flows through every
-layer, marching cubes finds one closed surface, and different seeds give slightly different meshes.
+with or without the decoder's final LayerNorm, while the attention and MLP branches still add a small
+latent-dependent term: data flows through every layer, marching cubes finds one closed surface (the same
+one for both VAEs), and different seeds give slightly different meshes.
 """
 from __future__ import annotations
 
@@ -45,8 +48,20 @@ _DINO_TINY = {**_DINO_GIANT, "hidden_size": 32, "image_size": 28, "num_attention
 _VAE_REAL = {"num_latents": 3072, "embed_dim": 64, "num_freqs": 8, "include_pi": False, "heads": 16,
              "width": 1024, "num_decoder_layers": 16, "qkv_bias": False, "qk_norm": True,
              "scale_factor": 0.9990943042622529}
-_VAE_TINY = {**_VAE_REAL, "num_latents": 24, "embed_dim": 8, "num_freqs": 4, "heads": 2, "width": 32,
+# 4 heads of 16: the turbo geometry decoder (heads // 2, width // 2) keeps 2 heads of 16, as the real one keeps
+# head width 64 (hy3dgen's FlashVDM attention squeezes away a lone head and then fails).
+_VAE_TINY = {**_VAE_REAL, "num_latents": 24, "embed_dim": 8, "num_freqs": 4, "heads": 4, "width": 64,
              "num_decoder_layers": 1, "scale_factor": 1.0}
+
+# What each stand-alone REGISTRY VAE changes in the ShapeVAE params. The FlashVDM ("turbo") VAE's geometry
+# decoder is lighter: width and heads halved (a latents_proj Linear 1024 -> 512 feeds it), MLP expand 1, no
+# ln_post (which also turns qk_norm off in that block). Not copied from Tencent's config.yaml (not at hand):
+# it is what ComfyUI (inferring from the weights) and kijai's ComfyUI-Hunyuan3DWrapper ("Turbo VAE detected")
+# build for Tencent's turbo VAE weights.
+_VAE_GEO_DECODER = {
+    "hunyuan3d-2-vae-turbo": {"geo_decoder_downsample_ratio": 2, "geo_decoder_mlp_expand_ratio": 1,
+                              "geo_decoder_ln_post": False},
+}
 
 _DIT_REAL = {"in_channels": 64, "context_in_dim": 1536, "hidden_size": 1024, "mlp_ratio": 4.0, "num_heads": 16,
              "depth": 16, "depth_single_blocks": 32, "axes_dim": [64], "theta": 10000, "qkv_bias": True}
@@ -63,8 +78,18 @@ FAMILY = {
 }
 
 
-def vae_params(size: str) -> dict[str, Any]:
-    return copy.deepcopy(_VAE_REAL if size == "real" else _VAE_TINY)
+def vae_params(size: str, vae: str | None = None) -> dict[str, Any]:
+    """ShapeVAE params: the VAE inside the DiT files (`vae` None) or stand-alone REGISTRY VAE `vae` (a KeyError
+    for one whose decoder is not described in _VAE_GEO_DECODER, rather than a silently wrong config)."""
+    params = copy.deepcopy(_VAE_REAL if size == "real" else _VAE_TINY)
+    if vae is not None:
+        params.update(_VAE_GEO_DECODER[vae])
+    return params
+
+
+def vae_config(vae: str, size: str = "tiny") -> dict[str, Any]:
+    """The config.yaml content of stand-alone REGISTRY VAE `vae` (`target`/`params`, as Tencent's)."""
+    return {"target": "hy3dgen.shapegen.models.ShapeVAE", "params": vae_params(size, vae)}
 
 
 def dit_config(name: str, size: str = "tiny") -> dict[str, Any]:
@@ -104,7 +129,9 @@ def rewire_geo_decoder(vae: torch.nn.Module, level: float = FIELD_LEVEL, tilt: f
     default gain the field leaves FlashVDM's |logit| < 0.95 band about 0.43 away from the surface, so
     coarse-to-fine decoding skips cells only far from it; a trained decoder's logits are much steeper
     (bench/shape_gpu.py's --field-gain). `gain` scales the whole output, so the surface (the zero set) is
-    the same at every gain."""
+    the same at every gain. Works for the standard decoder (ln_post, width 1024) and the turbo one (no
+    ln_post, width 512): output_proj undoes ln_post's scale where there is one, so both return the same
+    field up to their own wobble."""
     decoder = vae.geo_decoder
     embedder = decoder.fourier_embedder
     if embedder.num_freqs < 1 or not torch.allclose(embedder.frequencies[:1], torch.ones(1)):
@@ -119,8 +146,9 @@ def rewire_geo_decoder(vae: torch.nn.Module, level: float = FIELD_LEVEL, tilt: f
     row[sin_y] = tilt
     proj.weight.zero_()
     proj.bias.zero_()
-    # channels 0/1 carry +field/-field, 2/3 carry +big/-big: zero mean, so LayerNorm keeps the field's sign
-    # and (because big >> field) nearly its scale.
+    # channels 0/1 carry +field/-field, 2/3 carry +big/-big; the block's residual stream passes them on with
+    # only the wobble added. They sum to zero and big >> field, so ln_post (standard decoder) divides them by
+    # a nearly constant big * sqrt(2 / width).
     proj.weight[0], proj.bias[0] = row, -level
     proj.weight[1], proj.bias[1] = -row, level
     proj.bias[2], proj.bias[3] = _BIG, -_BIG
@@ -133,7 +161,8 @@ def rewire_geo_decoder(vae: torch.nn.Module, level: float = FIELD_LEVEL, tilt: f
         decoder.ln_post.bias.zero_()
     decoder.output_proj.weight.zero_()
     decoder.output_proj.bias.zero_()
-    decoder.output_proj.weight[0, 0] = gain * _BIG * math.sqrt(2.0 / width)
+    # With ln_post, channel 0 arrives divided by ln_post's scale: undo it. Without, it arrives as it is.
+    decoder.output_proj.weight[0, 0] = gain * _BIG * math.sqrt(2.0 / width) if decoder.enable_ln_post else gain
 
 
 def _instantiate(section: dict[str, Any]) -> Any:
@@ -150,13 +179,24 @@ def build_parts(config: dict[str, Any], seed: int = 0, tilt: float = 0.0,
     return parts
 
 
+def build_vae(config: dict[str, Any], seed: int = 0, tilt: float = 0.0, gain: float = DEFAULT_GAIN) -> Any:
+    """A stand-alone ShapeVAE from `vae_config(...)` with random weights, rewired (write_vae saves one)."""
+    torch.manual_seed(seed + 1)
+    vae = _instantiate(config)
+    rewire_geo_decoder(vae, tilt=tilt, gain=gain)
+    return vae
+
+
 def build_pipeline(config: dict[str, Any], device: str, dtype: torch.dtype, seed: int = 0,
-                   gain: float = DEFAULT_GAIN) -> Any:
+                   gain: float = DEFAULT_GAIN, vae: dict[str, Any] | None = None) -> Any:
     """A Hunyuan3DDiTFlowMatchingPipeline built in memory (no files), on `device` in `dtype`; `gain` as in
-    `rewire_geo_decoder`."""
+    `rewire_geo_decoder`. `vae`: a stand-alone VAE's config (`vae_config(spec.vae, size)`) whose VAE
+    replaces the one in `config`, as models/manager.py swaps in a shape spec's `vae`."""
     shapegen = import_shapegen()
     with torch.device(device):
         parts = build_parts(config, seed=seed, gain=gain)
+        if vae is not None:
+            parts["vae"] = build_vae(vae, seed=seed, gain=gain)
     return shapegen.Hunyuan3DDiTFlowMatchingPipeline(**parts, device=device, dtype=dtype)
 
 
@@ -180,11 +220,10 @@ def write_dit(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.
 
 
 def write_vae(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.0) -> Path:
-    """Write a tiny stand-alone ShapeVAE folder (config `target`/`params`, unprefixed keys)."""
-    config = {"target": "hy3dgen.shapegen.models.ShapeVAE", "params": vae_params("tiny")}
-    torch.manual_seed(seed + 1)
-    vae = _instantiate(config)
-    rewire_geo_decoder(vae, tilt=tilt)
+    """Write a tiny stand-alone ShapeVAE folder for VAE spec `spec` (config `target`/`params`, unprefixed
+    keys)."""
+    config = vae_config(spec.name)
+    vae = build_vae(config, seed=seed, tilt=tilt)
     folder = model_dir(spec, models_dir)
     _save(folder, config, vae.state_dict())
     return folder
