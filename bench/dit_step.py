@@ -11,6 +11,10 @@ velocity is compared with the eager step's: `rel_err` = max |v - v_eager| / max 
 - `sdpa-flash`, `sdpa-cudnn`, `sdpa-efficient`: the same with one SDPA backend forced.
 - `compile`: each DiT block compiled with torch.compile, as the worker does (models/dit_compile.py:
   inductor fuses the norms, modulation, GELU and residual adds between the matmuls).
+- `uncond-token`, `uncond-token-compile`: the conditional half as above, the unconditional half on its
+  one repeated context token (models/dit_forward.py), eager and compiled.
+- `compile-graphs`, `uncond-token-compile-graphs`: compiled, and the whole step replayed from a CUDA
+  graph (models/dit_forward.py `enable_step_graphs`); the second is what the worker's sampler runs.
 - `fp8`, `fp8-compile`: the blocks' token linears in float8 e4m3 (weights scaled per output row,
   activations per token, `torch._scaled_mm`), eager and compiled. They replace the linears, so they run
   last.
@@ -30,12 +34,14 @@ import torch
 
 from bench.report import run_cli
 from models.dit_compile import compile_dit_blocks, uncompile_dit_blocks
+from models.dit_forward import disable_step_graphs, enable_step_graphs, step_function, time_vector
 from models.torchvision_compat import import_shapegen
 from tests.tiny_models import dit_config
 
 LATENT_TOKENS, LATENT_CHANNELS = 3072, 64
 IMAGE_TOKENS, IMAGE_CHANNELS = 1370, 1536  # DINOv2-giant at 518 px: 37 x 37 patches + the class token
-VARIANTS = ("eager", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "compile", "fp8", "fp8-compile")
+VARIANTS = ("eager", "sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "compile", "uncond-token",
+            "uncond-token-compile", "compile-graphs", "uncond-token-compile-graphs", "fp8", "fp8-compile")
 FP8_MAX = 448.0  # largest finite float8 e4m3fn value
 
 
@@ -150,9 +156,27 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     scale = 5.0
 
     @torch.inference_mode()
-    def step() -> torch.Tensor:
+    def batched_step() -> torch.Tensor:
         with_cond, without = model(torch.cat([x] * 2), t.expand(2), {"main": cond}).chunk(2)
         return without + scale * (with_cond - without)
+
+    scale_tensor = torch.tensor(scale, device=args.device)
+
+    def our_step(count: int) -> Callable[[], torch.Tensor]:
+        uncond = cond[1:, :1] if count > 1 else cond[1:]
+
+        @torch.inference_mode()
+        def step() -> torch.Tensor:  # as pipeline/hunyuan_sampler.py's sample_latents runs it
+            return step_function(model)(model, x, time_vector(model, t), cond[:1], uncond, count, scale_tensor)
+
+        return step
+
+    both_halves, one_token = our_step(1), our_step(IMAGE_TOKENS)
+
+    def step_of(variant: str) -> Callable[[], torch.Tensor]:
+        if variant.startswith("uncond-token"):
+            return one_token
+        return both_halves if variant.endswith("graphs") else batched_step
 
     rows: dict[str, dict[str, float]] = {}
     reference: torch.Tensor | None = None
@@ -164,11 +188,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             context = sdpa_backend(variant.removeprefix("sdpa-"))
         if variant.startswith("fp8"):
             result["fp8_linears"] = to_fp8(model)
-        if variant.endswith("compile"):
+        if variant.endswith(("compile", "compile-graphs")):
             torch._dynamo.reset()
             compile_dit_blocks(model)
         else:
             uncompile_dit_blocks(model)
+        disable_step_graphs(model)  # each variant records its own graphs
+        if variant.endswith("graphs"):
+            enable_step_graphs(model)
+        step = step_of(variant)
         try:
             out, first, times = time_variant(step, args.warmup, args.repeats, context)
         except Exception as exc:  # a backend this GPU or build lacks: report it, go on with the others
@@ -181,7 +209,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                          "steps50_s": 50 * statistics.median(times)}
     result["variants"] = rows
     if args.profile:
-        result["profile"] = {"variant": args.variants[-1], **profile_step(step)}
+        result["profile"] = {"variant": args.variants[-1], **profile_step(step_of(args.variants[-1]))}
     if torch.cuda.is_available():
         result["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result

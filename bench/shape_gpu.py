@@ -19,14 +19,16 @@ that steep. The field is gain * (cos x + cos y + cos z - 2.7); on its surface th
 bracket has length 0.71 (on the axes, |sin 0.795|) to 0.76 (on the diagonals), so |logit| < 0.95 is a
 shell of half-width 0.95 / (0.73 * gain). At octree 384 a cell is 2.02 / 384 = 0.00526, so gain 250
 gives a half-width of 0.0052: about one cell on each side, a band 2 cells thick (gain 3, the tests'
-default, gives 0.43: 80 cells on each side). As in the worker, the DiT's blocks are compiled on CUDA
-(models/dit_compile.py, built by a warm-up; --no-compile runs them eagerly) and the game mesh is reduced
-from a coarser extraction of the same grid when the target allows (pipeline/hunyuan_sampler.py
-`extract_surfaces`; --max-stride 1 reduces the dense mesh). Each step is timed on its own (encode,
+default, gives 0.43: 80 cells on each side). As in the worker (models/manager.py `speed_up_dit`, one
+warm-up at load), on CUDA the DiT's blocks are compiled (models/dit_compile.py; --no-compile runs them
+eagerly) and each sampling step is replayed from a CUDA graph (models/dit_forward.py; --no-cuda-graphs
+launches it kernel by kernel); the game mesh is reduced from a coarser extraction of the same grid when
+the target allows (pipeline/hunyuan_sampler.py `extract_surfaces`; --max-stride 1 reduces the dense mesh). Each step is timed on its own (encode,
 sample, decode, extract = the dense and the coarse marching cubes, clean-up =
 `shape_hunyuan.clean_and_reduce`), then the stock `pipe(image=...)` call runs at the same settings in the
-same process (hy3dgen's own DiT forward, eager; it decodes every grid point unless
-the decoder is flashvdm, which is enabled on its VAE); the ratio is stock / ours for image -> raw mesh. Peak GPU memory covers everything after loading. Prints a Markdown table and JSON.
+same process (hy3dgen's own DiT forward, eager; it decodes every grid point unless the decoder is
+flashvdm, which is enabled on its VAE); the ratio is stock / ours for image -> raw mesh. Peak GPU memory
+covers everything after loading. Prints a Markdown table and JSON.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ import torch
 from PIL import Image
 
 from bench.report import run_cli
-from models.dit_compile import compile_dit_blocks
+from models.manager import speed_up_dit
 from models.registry import get_spec
 from pipeline.context import Deadline, StageContext
 from pipeline.hunyuan_sampler import (
@@ -54,7 +56,6 @@ from pipeline.hunyuan_sampler import (
     extract_surfaces,
     run_stock,
     sample_latents,
-    warm_up,
 )
 from pipeline.shape_hunyuan import clean_and_reduce
 from tests.tiny_models import build_pipeline, dit_config, vae_config
@@ -126,10 +127,11 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         decoder=decoder,
     )
     image = Image.open(EXAMPLE).convert("RGBA")
-    compile_seconds = 0.0
-    if args.device.startswith("cuda") and not args.no_compile:  # as the worker does (TORCH_COMPILE, default on)
-        compile_dit_blocks(pipe.model)
-        _, compile_seconds = _timed(args.device, lambda: warm_up(pipe, settings, multiview=False))
+    compile_seconds, levers = 0.0, []
+    if args.device.startswith("cuda") and not (args.no_compile and args.no_cuda_graphs):
+        # as the worker does at load (TORCH_COMPILE and CUDA_GRAPHS, both default on)
+        levers, compile_seconds = _timed(args.device, lambda: speed_up_dit(
+            pipe, spec, torch_compile=not args.no_compile, cuda_graphs=not args.no_cuda_graphs))
     run_once(pipe, image, settings, args.device, args.target_faces, stock=False, max_stride=args.max_stride)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(args.device)
@@ -141,7 +143,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "device_name": (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
                         else platform.processor()),
         "torch": torch.__version__, "settings": settings.as_dict(), "repeats": args.repeats,
-        "build_seconds": build_seconds, "compile_seconds": compile_seconds, "field_gain": args.field_gain,
+        "build_seconds": build_seconds, "compile_seconds": compile_seconds, "levers": levers,
+        "field_gain": args.field_gain,
         "median": medians,
         "parameters": {name: sum(p.numel() for p in getattr(pipe, name).parameters())
                        for name in ("model", "vae", "conditioner")},
@@ -154,12 +157,12 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     m = result["median"]
     s = result["settings"]
-    head = ("| model | dtype | steps | octree | decoder | compiled | reduced from | encode | sample | decode | extract "
+    head = ("| model | dtype | steps | octree | decoder | DiT levers | reduced from | encode | sample | decode | extract "
             "| clean-up | ours total | stock raw | stock/ours | faces raw | peak GiB |")
     sep = "|" + "---|" * 17
-    compiled = "yes" if result["compile_seconds"] else "no"
+    levers = " + ".join(result["levers"]) or "none"
     row = (f"| {result['model']} ({result['size']}) | {result['dtype']} | {s['steps']} | {s['octree_resolution']} "
-           f"| {s['decoder']} | {compiled} | stride {int(m['stride'])} | {m['encode']:.3f} | {m['sample']:.3f} "
+           f"| {s['decoder']} | {levers} | stride {int(m['stride'])} | {m['encode']:.3f} | {m['sample']:.3f} "
            f"| {m['decode']:.3f} | {m['extract']:.3f} "
            f"| {m['cleanup']:.3f} | {m['ours_total']:.3f} | {m.get('stock_raw', float('nan')):.3f} "
            f"| {m.get('ratio', float('nan')):.2f} | {int(m['faces_raw'])} | {result.get('peak_gib', float('nan')):.2f} |")
@@ -182,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target-faces", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-stock", action="store_true", help="skip the stock hy3dgen call")
+    parser.add_argument("--no-cuda-graphs", action="store_true",
+                        help="run each sampling step without CUDA-graph replay (the worker with CUDA_GRAPHS=0)")
     parser.add_argument("--no-compile", action="store_true",
                         help="run the DiT blocks eagerly (the worker with TORCH_COMPILE=0)")
     parser.add_argument("--max-stride", type=int, default=2,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from models.dit_compile import compile_dit_blocks, is_compiled, uncompile_dit_blocks
+from models.dit_forward import disable_step_graphs, enable_step_graphs, step_graphs_enabled
 from models.registry import (
     ModelSpec,
     download_command,
@@ -124,32 +125,9 @@ class ModelManager:
         if spec.sampler is not None and spec.sampler.flashvdm:
             # mc_algo "mc": scikit-image marching cubes ("dmc" needs the diso CUDA extension).
             pipe.vae.enable_flashvdm_decoder(enabled=True, adaptive_kv_selection=True, topk_mode="mean", mc_algo="mc")
-        if self.torch_compile and self.device.startswith("cuda"):
-            self._compile_dit(pipe, spec)
+        if self.device.startswith("cuda") and (self.torch_compile or self.cuda_graphs):
+            speed_up_dit(pipe, spec, torch_compile=self.torch_compile, cuda_graphs=self.cuda_graphs)
         return pipe
-
-    def _compile_dit(self, pipe: Any, spec: ModelSpec) -> None:
-        """Compile the DiT's blocks and build their kernels now, with a warm-up run (models/dit_compile.py).
-        A failure (e.g. no C compiler for Triton) is logged and the model runs eagerly: same results,
-        slower sampling."""
-        from pipeline.hunyuan_sampler import ShapeSettings, warm_up  # pipeline code imports this module
-
-        assert spec.sampler is not None
-        defaults = spec.sampler
-        settings = ShapeSettings(steps=2, guidance_scale=defaults.guidance_scale,
-                                 octree_resolution=defaults.octree_resolution, num_chunks=defaults.num_chunks,
-                                 seed=0, decoder=defaults.decoder)
-        started = time.monotonic()
-        compile_dit_blocks(pipe.model)
-        try:
-            warm_up(pipe, settings, spec.multiview)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the eager model, which works
-            uncompile_dit_blocks(pipe.model)
-            log.error("TORCH_COMPILE: compiling %s's DiT failed (%s: %s); it runs eagerly (same results, about "
-                      "1.7x slower sampling). TORCH_COMPILE=0 skips the attempt.", spec.name,
-                      type(exc).__name__, str(exc)[:300])
-            return
-        log.info("compiled %s's DiT blocks in %.1f s (TORCH_COMPILE)", spec.name, time.monotonic() - started)
 
     def preload(self, names: Iterable[str]) -> None:
         """Load models at worker start. A missing model is logged (with the fix) and skipped, so the
@@ -180,11 +158,45 @@ class ModelManager:
         pipe = self._pipelines.get(name)
         if pipe is not None and spec.kind == "shape":
             info["compiled"] = is_compiled(pipe.model)
+            info["cuda_graphs"] = step_graphs_enabled(pipe.model)
         if spec.vae is not None:
             vae = get_spec(spec.vae)
             info["vae"] = {"repo_id": vae.repo_id, "revision": vae.revision, "subfolder": vae.subfolder,
                            "commit": installed_commit(vae, self.models_dir)}
         return info
+
+
+def speed_up_dit(pipe: Any, spec: ModelSpec, *, torch_compile: bool, cuda_graphs: bool) -> list[str]:
+    """Compile the DiT's blocks (TORCH_COMPILE, models/dit_compile.py) and record its sampling step in a
+    CUDA graph (CUDA_GRAPHS, models/dit_forward.py) now, with a warm-up run; returns the levers that work.
+    A failure (e.g. no C compiler for Triton) is logged and the lever is dropped: same results, slower
+    sampling."""
+    from pipeline.hunyuan_sampler import ShapeSettings, warm_up  # pipeline code imports this module
+
+    assert spec.sampler is not None
+    defaults = spec.sampler
+    settings = ShapeSettings(steps=2, guidance_scale=defaults.guidance_scale,
+                             octree_resolution=defaults.octree_resolution, num_chunks=defaults.num_chunks,
+                             seed=0, decoder=defaults.decoder)
+    levers = {"TORCH_COMPILE": (torch_compile, compile_dit_blocks, uncompile_dit_blocks),
+              "CUDA_GRAPHS": (cuda_graphs, enable_step_graphs, disable_step_graphs)}
+    on = [name for name, (wanted, _, _) in levers.items() if wanted]
+    for name in on:
+        levers[name][1](pipe.model)
+    # On a failure drop the levers one by one (graphs first: the likelier to fail) and warm up again.
+    while on:
+        started = time.monotonic()
+        try:
+            warm_up(pipe, settings, spec.multiview)
+        except Exception as exc:  # noqa: BLE001 - the model without the lever works
+            name = on.pop()
+            levers[name][2](pipe.model)
+            log.error("%s failed for %s's DiT (%s: %s); running without it (same results, slower sampling). "
+                      "%s=0 skips the attempt.", name, spec.name, type(exc).__name__, str(exc)[:300], name)
+            continue
+        log.info("warmed up %s's DiT with %s in %.1f s", spec.name, " + ".join(on), time.monotonic() - started)
+        break
+    return on
 
 
 def _where(spec: ModelSpec) -> str:

@@ -3,8 +3,11 @@ extract the surface.
 
 These steps do what `Hunyuan3DDiTFlowMatchingPipeline.__call__` (hy3dgen 2.0.2) does, with the same
 arguments and random numbers, so with `decoder="vanilla"` the result equals the stock call's (a test
-checks it). What they add: the deadline is checked at every sampling step and every decoding chunk, each
-step can be timed on its own (bench/shape_gpu.py), and the speed levers are explicit settings:
+checks it). The DiT step itself is models/dit_forward.py's: hy3dgen's forward with the unconditional half
+on its one repeated token (the same velocity up to float rounding) and, where the worker enables it,
+replayed from a CUDA graph. What they add: the deadline is checked at every sampling step and every
+decoding chunk, each step can be timed on its own (bench/shape_gpu.py), the picture's pixels are scaled
+on the model's device (`prepare_inputs`), and the speed levers are explicit settings:
 `decoder="hierarchical"` decodes a coarse grid and then only near the surface, with exact attention
 (pipeline/coarse_to_fine.py; same mesh as "vanilla"), `decoder="flashvdm"` does so with hy3dgen's lossy
 top-k attention, `num_chunks` sets the decoding batch. Marching cubes
@@ -24,6 +27,7 @@ import torch
 from PIL import Image
 from skimage import measure
 
+from models.dit_forward import repeated_token, step_function, time_vector
 from pipeline.coarse_to_fine import decode_coarse_to_fine
 from pipeline.context import Deadline, StageContext
 from pipeline.errors import StageError
@@ -66,6 +70,13 @@ class Condition:
     cond: dict[str, torch.Tensor]  # {"main": [B or 2B, tokens, C]} (2B: conditional then unconditional)
     batch_size: int
     classifier_free: bool  # False for guidance-distilled models (guidance is an input instead)
+    # The token every unconditional context token repeats (hy3dgen's are all zeros), [B, 1, C]: the
+    # unconditional half then runs on it alone (models/dit_forward.py); None: run the batch of 2B as is.
+    uncond_token: torch.Tensor | None = None
+
+    @property
+    def context_tokens(self) -> int:
+        return self.cond["main"].shape[1]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -77,11 +88,29 @@ def _guidance_embedded(pipe: Any) -> bool:
     return getattr(pipe.model, "guidance_embed", False) is True
 
 
+def _unit_range(array: np.ndarray, device: torch.device | str) -> torch.Tensor:  # [H, W, C] uint8
+    """hy3dgen's `array_to_tensor` ([1, C, H, W] float32 in [-1, 1]: the same float32 operations) on `device`."""
+    values = torch.from_numpy(np.ascontiguousarray(array)).to(device).float()
+    return (values / 255 * 2 - 1).permute(2, 0, 1)[None]
+
+
+def prepare_inputs(pipe: Any, image: ConditionImage) -> dict[str, Any]:
+    """`pipe.prepare_image(image)`, with the uint8 -> [-1, 1] conversion of a single picture done on the
+    model's device: the same values, without 40-70 ms of CPU tensor arithmetic (bench/shape_gpu.py's
+    encode column). Multi-view pictures go through hy3dgen's own call."""
+    processor = pipe.image_processor
+    if isinstance(image, dict) or type(processor) is not _shapegen().preprocessors.ImageProcessorV2:
+        return pipe.prepare_image(image)
+    border = processor.border_ratio if processor.border_ratio is not None else 0.15  # as its __call__
+    pixels, mask = processor.load_image(image, border_ratio=border, to_tensor=False)
+    return {"image": _unit_range(pixels, pipe.device), "mask": _unit_range(mask, pipe.device)}
+
+
 @torch.inference_mode()
 def encode_condition(pipe: Any, image: ConditionImage, guidance_scale: float) -> Condition:
     """Preprocess (recentre on white, resize) and encode the picture(s) with the image encoder."""
     try:
-        inputs = pipe.prepare_image(image)
+        inputs = prepare_inputs(pipe, image)
     except ValueError as exc:  # hy3dgen's recentring raises this for an all-transparent picture
         raise StageError(f"the prepared picture has no visible object ({exc})", stage="mesh") from None
     pixels = inputs.pop("image")
@@ -89,7 +118,9 @@ def encode_condition(pipe: Any, image: ConditionImage, guidance_scale: float) ->
     cond = pipe.encode_cond(
         image=pixels, additional_cond_inputs=inputs, do_classifier_free_guidance=classifier_free, dual_guidance=False
     )
-    return Condition(cond=cond, batch_size=pixels.shape[0], classifier_free=classifier_free)
+    batch = pixels.shape[0]
+    uncond_token = repeated_token(cond["main"][batch:]) if classifier_free and list(cond) == ["main"] else None
+    return Condition(cond=cond, batch_size=batch, classifier_free=classifier_free, uncond_token=uncond_token)
 
 
 @torch.inference_mode()
@@ -103,15 +134,20 @@ def sample_latents(pipe: Any, condition: Condition, settings: ShapeSettings, ctx
     guidance = None
     if _guidance_embedded(pipe):
         guidance = torch.tensor([settings.guidance_scale] * condition.batch_size, device=device, dtype=dtype)
+    step = step_function(pipe.model)  # plain, or replayed from a CUDA graph (models/dit_forward.py)
+    context, guide = condition.cond["main"][: condition.batch_size], {}
+    if condition.classifier_free:
+        # The scale as a tensor: a graph recorded for one scale then serves every scale.
+        guide = {"uncond": condition.cond["main"][condition.batch_size :], "count": 1,
+                 "guidance_scale": torch.tensor(settings.guidance_scale, device=device, dtype=torch.float32)}
+        if condition.uncond_token is not None:
+            guide.update(uncond=condition.uncond_token, count=condition.context_tokens)
     lo, hi = progress_span
     for index, t in enumerate(timesteps):
         ctx.report(lo + (hi - lo) * index / len(timesteps), f"sampling step {index + 1}/{len(timesteps)}")
-        model_input = torch.cat([latents] * 2) if condition.classifier_free else latents
-        timestep = t.expand(model_input.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
-        velocity = pipe.model(model_input, timestep, condition.cond, guidance=guidance)
-        if condition.classifier_free:
-            with_cond, without = velocity.chunk(2)
-            velocity = without + settings.guidance_scale * (with_cond - without)
+        timestep = t.expand(latents.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
+        vec = time_vector(pipe.model, timestep, guidance)
+        velocity = step(pipe.model, latents, vec, context, **guide)
         latents = pipe.scheduler.step(velocity, t, latents).prev_sample
     ctx.check()
     return latents

@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from models.dit_compile import compile_dit_blocks, is_compiled, uncompile_dit_blocks
-from models.manager import ModelManager
+from models.dit_forward import step_graphs_enabled
+from models.manager import ModelManager, speed_up_dit
+from models.registry import get_spec
 from pipeline.context import Deadline, StageContext
 from pipeline.hunyuan_sampler import ShapeSettings, encode_condition, sample_latents, warm_up
 from tests.helpers import REPO
@@ -60,4 +62,26 @@ def test_torch_compile_setting_and_what_meta_records(pipe):
     assert Settings.from_env({"TORCH_COMPILE": "0"}).torch_compile is False
     manager = ModelManager(Settings(models_dir=REPO, device="cpu"))
     manager._pipelines["hunyuan3d-2"] = pipe  # loaded on CPU: the worker does not compile there
-    assert manager.describe("hunyuan3d-2")["compiled"] is False
+    described = manager.describe("hunyuan3d-2")
+    assert described["compiled"] is False and described["cuda_graphs"] is False
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_failing_warm_up_drops_the_speed_levers_one_by_one(pipe, monkeypatch, caplog, failures):
+    seen = []
+
+    def warm_up(*args) -> None:  # stands in for the real warm-up, which fails only on CUDA
+        seen.append((is_compiled(pipe.model), step_graphs_enabled(pipe.model)))
+        if len(seen) <= failures:
+            raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr("pipeline.hunyuan_sampler.warm_up", warm_up)
+    try:
+        working = speed_up_dit(pipe, get_spec("hunyuan3d-2"), torch_compile=True, cuda_graphs=True)
+        assert working == (["TORCH_COMPILE"] if failures == 1 else [])
+        assert seen == [(True, True), (True, False)]  # (compiled, graphs): graphs go first, then compiling
+        assert step_graphs_enabled(pipe.model) is False
+        assert is_compiled(pipe.model) is (failures == 1)
+        assert "CUDA_GRAPHS failed" in caplog.text and ("TORCH_COMPILE failed" in caplog.text) is (failures == 2)
+    finally:
+        uncompile_dit_blocks(pipe.model)

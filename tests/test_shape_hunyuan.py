@@ -21,6 +21,7 @@ from pipeline.hunyuan_sampler import (
     ShapeSettings,
     extract_surfaces,
     fill_undecoded,
+    prepare_inputs,
     reduction_stride,
     run_shape,
     run_stock,
@@ -237,6 +238,17 @@ def test_step_by_step_path_equals_the_stock_call(manager, name):
     stock = run_stock(pipe, image, settings, ctx())
     assert np.array_equal(ours.faces, stock.faces)
     assert np.allclose(ours.vertices, stock.vertices, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hunyuan3d-2", "hunyuan3d-2mv"])
+def test_prepared_inputs_equal_hy3dgens_prepare_image(manager, name):
+    pipe = manager.shape_pipeline(name)
+    front = Image.fromarray(make_view("front", "lantern.png").rgba, "RGBA")
+    image = {"front": front, "back": front.transpose(Image.FLIP_LEFT_RIGHT)} if name.endswith("mv") else front
+    ours, stock = prepare_inputs(pipe, image), pipe.prepare_image(image)
+    assert ours.keys() == stock.keys()
+    for key, value in stock.items():
+        assert torch.equal(ours[key], value) if isinstance(value, torch.Tensor) else ours[key] == value
 
 
 def test_flashvdm_decoding_matches_full_decoding(manager):

@@ -60,7 +60,7 @@ class Settings:
     fetch_timeout_seconds: float = 20.0
     preload_models: tuple[str, ...] = ()
     device: str | None = None  # force "cpu" / "cuda"; None = pick automatically
-    cuda_graphs: bool = True  # replay the Paint de-light UNet from CUDA graphs (same output, ~2.5x faster)
+    cuda_graphs: bool = True  # replay the de-light UNet and the shape DiT's steps from CUDA graphs (faster)
     torch_compile: bool = True  # compile the shape DiT's blocks on CUDA (models/dit_compile.py; ~1.7x faster)
     on_runpod: bool = False  # RunPod sets RUNPOD_ENDPOINT_ID / RUNPOD_POD_ID in its workers
 
