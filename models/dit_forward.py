@@ -52,13 +52,16 @@ def _attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float,
 
 def _lse_kernel(x: Tensor) -> str:
     """The fastest SDPA kernel that returns the log-sum-exp for `x`'s device and dtype: cuDNN's on Hopper
-    and later (what SDPA itself picks there; 5.7 ms against flash's 8.6 ms for the 48 blocks' attention on
-    an H100), flash on earlier CUDA GPUs in half precision, the memory-efficient one in float32."""
+    and later where this build enables it (what SDPA itself picks there; 5.7 ms against flash's 8.6 ms for
+    the 48 blocks' attention on an H100), flash on other CUDA GPUs in half precision, the memory-efficient
+    one in float32."""
     if not x.is_cuda:
         return "cpu"
     if x.dtype not in (torch.float16, torch.bfloat16):
         return "efficient"
-    return "cudnn" if torch.cuda.get_device_capability(x.device) >= (9, 0) else "flash"
+    hopper = torch.cuda.get_device_capability(x.device) >= (9, 0)
+    cudnn = torch.backends.cudnn.is_available() and torch.backends.cuda.cudnn_sdp_enabled()
+    return "cudnn" if hopper and cudnn else "flash"
 
 
 def repeated_key_attention(q: Tensor, k: Tensor, v: Tensor,  # [B, H, L, D]; key/value 0 is the repeated one

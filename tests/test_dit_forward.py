@@ -145,3 +145,17 @@ def test_replayed_guided_steps_equal_the_plain_ones_on_cuda():
         expected = velocity(model, x + shift, vec, context, uncond, 50, scale)
         assert torch.equal(step(model, x + shift, vec, context, uncond, 50, scale), expected)
     assert len(step.graphs) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA attention kernels need a CUDA device")
+@pytest.mark.parametrize("kernel, dtype", [("cudnn", torch.float16), ("flash", torch.float16),
+                                           ("flash", torch.bfloat16), ("efficient", torch.float32)])
+def test_every_cuda_log_sum_exp_kernel_weighs_the_repeated_key(kernel, dtype):
+    if kernel == "cudnn" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("cuDNN attention is used on Hopper and later only")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 4, length, 64, device="cuda") for length in (300, 200, 200))
+    repeated = [torch.cat([t[:, :, :1].expand(-1, -1, 37, -1), t[:, :, 1:]], dim=2) for t in (k, v)]
+    expected = F.scaled_dot_product_attention(q, *repeated).transpose(1, 2).reshape(1, 300, 256)
+    got = repeated_key_attention(q.to(dtype), k.to(dtype), v.to(dtype), math.log(37), kernel)
+    _close(got.float(), expected, tolerance=1e-2 if dtype != torch.float32 else 1e-4)
