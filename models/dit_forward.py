@@ -182,7 +182,7 @@ def velocity(model: torch.nn.Module, x: Tensor, vec: Tensor, context: Tensor,  #
 def enable_step_graphs(model: torch.nn.Module) -> None:
     """Make `step_function(model)` replay each step from a CUDA graph (recorded once per input signature,
     models/cuda_graphs.py) on CUDA inputs. Idempotent."""
-    if not isinstance(getattr(model, "_step_graphs", None), GraphedForward):
+    if not step_graphs_enabled(model):
         model._step_graphs = GraphedForward(velocity)
 
 
@@ -190,14 +190,14 @@ def disable_step_graphs(model: torch.nn.Module) -> None:
     model.__dict__.pop("_step_graphs", None)
 
 
-def step_graphs_enabled(model: torch.nn.Module) -> bool:
-    return isinstance(getattr(model, "_step_graphs", None), GraphedForward)
-
-
 def step_function(model: torch.nn.Module) -> Callable[..., Tensor]:
     """`velocity`, or its CUDA-graph replay when `enable_step_graphs(model)` was called."""
     graphed = getattr(model, "_step_graphs", None)
     return graphed if isinstance(graphed, GraphedForward) else velocity
+
+
+def step_graphs_enabled(model: torch.nn.Module) -> bool:
+    return step_function(model) is not velocity
 
 
 def repeated_token(context: Tensor) -> Tensor | None:  # [B, N, C] -> [B, 1, C]
