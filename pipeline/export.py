@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 from pipeline import __version__
 from pipeline.context import StageContext
 from pipeline.errors import StageError
-from pipeline.types import TexturedMesh, ViewSet
+from pipeline.types import TexturedMesh, ViewSet, is_view_name
 
 STAGE = "export"
 GENERATOR = f"image-to-3d worker {__version__} (pygltflib {pygltflib.__version__})"
@@ -36,8 +35,6 @@ UNTEXTURED_BASE_COLOR = (0.8, 0.8, 0.8, 1.0)
 GLB_CONTENT_TYPE = "model/gltf-binary"
 PNG_CONTENT_TYPE = "image/png"
 PNG_COMPRESS_LEVEL = 6  # zlib level: 4096^2 RGB encodes in ~0.6 s, so deadline checks between maps stay ~1 s apart
-
-_VIEW_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # glTF enums
 _FLOAT, _UINT16, _UINT32 = 5126, 5123, 5125
@@ -306,7 +303,7 @@ def export_bundle(textured: TexturedMesh, views: ViewSet, out_dir: Path, *, ctx:
     if unknown:
         raise StageError(f"unknown texture maps {unknown}; known maps: {', '.join(MAP_NAMES)}", stage=STAGE)
     for name in views.views:
-        if not _VIEW_NAME.match(name):
+        if not is_view_name(name):
             raise StageError(f"view name {name!r} is not a safe file name", stage=STAGE)
     steps = len(names) + 1 + len(views.views)
     done = 0

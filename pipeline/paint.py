@@ -31,7 +31,7 @@ from pipeline.paint_views import (
     view_camera,
     welded_vertex_normals,
 )
-from pipeline.types import PreparedView
+from pipeline.types import PreparedView, angled_view_name
 from pipeline.uv import dilate
 
 MAX_STEPS = 100
@@ -76,7 +76,7 @@ def paint_albedo(
     that no generated view saw take the nearest seen colour, texels between charts are dilated.
 
     info is JSON-ready except info["images"]: name -> [N, N, 3] uint8 of the de-lit front view
-    ("delit_front") and the six generated views ("paint_az090_el+00", ...), for the bundle's views/ folder;
+    ("delit_front") and the six generated views ("paint_az090_elp00", ...), for the bundle's views/ folder;
     take it out before writing meta.json."""
     steps = models.steps if steps is None else int(steps)
     if not 1 <= steps <= MAX_STEPS:
@@ -123,7 +123,7 @@ def paint_albedo(
     images = {"delit_front": np.asarray(reference)}
     for (azimuth, elevation), view in zip(zip(VIEW_AZIMUTHS, VIEW_ELEVATIONS), views):
         pixels = np.round(view.permute(1, 2, 0).cpu().numpy() * 255.0).astype(np.uint8)
-        images[f"paint_az{int(azimuth):03d}_el{int(elevation):+03d}"] = pixels
+        images[angled_view_name("paint", azimuth, elevation)] = pixels
     covered_count = max(int(covered.sum()), 1)
     info = {
         "method": "hunyuan3d-paint",

@@ -14,7 +14,7 @@ from pipeline.errors import ModelUnavailableError
 from pipeline.render.geometry import vertex_normals
 from pipeline.render.projection import MIRROR_WEIGHT, fill_unseen, mirrored_back, project_views
 from pipeline.request import JobRequest
-from pipeline.types import VIEW_NAMES, MeshData, MeshResult, PreparedView, TexturedMesh, ViewSet
+from pipeline.types import VIEW_NAMES, MeshData, MeshResult, PreparedView, TexturedMesh, ViewSet, angled_view_name
 from pipeline.uv import dilate, unwrap
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _paint_albedo(
             views.front, vertices, faces, uvs, texture_size=request.texture_size, models=loaded, ctx=ctx,
             seed=request.seed, device=device,
         )
-    cameras = {f"paint_az{int(v['azimuth']):03d}_el{int(v['elevation']):+03d}": v for v in info.get("views", [])}
+    cameras = {angled_view_name("paint", v["azimuth"], v["elevation"]): v for v in info.get("views", [])}
     generated: dict[str, PreparedView] = {}
     for name, pixels in info.pop("images").items():
         rgba = np.concatenate([pixels, np.full(pixels.shape[:2] + (1,), 255, np.uint8)], axis=-1)

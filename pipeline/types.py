@@ -8,6 +8,7 @@ Meshes are scaled so the object fits in [-1, 1]^3.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,24 @@ VIEW_NAMES = ("front", "left", "back", "right")
 VIEW_AZIMUTH = {"front": 0.0, "right": 90.0, "back": 180.0, "left": 270.0}
 """Camera azimuth about +Y in degrees, measured from +Z towards +X: the `right` photo is taken from the
 object's right side (camera on +X), `left` from -X, `back` from -Z."""
+
+
+VIEW_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+"""What a view may be called: it becomes views/<name>.png in the bundle, a storage key and a meta.json entry
+(schemas/meta.schema.json uses this same pattern, and tests hold them equal). No '+': S3 and URLs mangle it."""
+
+_VIEW_NAME = re.compile(VIEW_NAME_PATTERN)
+
+
+def angled_view_name(prefix: str, azimuth: float, elevation: float) -> str:
+    """The name of a view generated at (azimuth, elevation) degrees: `<prefix>_az090_elp00`, `..._elm90`
+    (p: level or above, m: below), so names sort by azimuth and every character is safe in a key."""
+    sign = "m" if round(elevation) < 0 else "p"
+    return f"{prefix}_az{round(azimuth) % 360:03d}_el{sign}{abs(round(elevation)):02d}"
+
+
+def is_view_name(name: str) -> bool:
+    return bool(_VIEW_NAME.match(name))
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from models.zero123plus import Zero123PlusModel
-from pipeline.types import VIEW_AZIMUTH
+from pipeline.types import VIEW_AZIMUTH, angled_view_name
 
 LATENT_SHIFT, LATENT_SCALE = 0.22, 0.75  # v1.2 trained on (latent - 0.22) * 0.75
 IMAGE_SCALE = 0.8 / 0.5  # and on images scaled by 0.5 / 0.8
@@ -57,7 +57,7 @@ def _angle_between(a: float, b: float) -> float:
 def view_names(cameras: tuple[ViewCamera, ...], taken: set[str]) -> list[str]:
     """A name per generated view: the shape-model slot (left 270, right 90, back 180) it fits, when that slot
     is free (`taken`: the user's own views win), within SLOT_AZIMUTH_TOLERANCE of the slot's azimuth and
-    SLOT_ELEVATION_TOLERANCE of level; else `generated_az<azimuth>_el<elevation>`. For Zero123++ v1.2 the
+    SLOT_ELEVATION_TOLERANCE of level; else `generated_az030_elp20` (types.angled_view_name). For Zero123++ v1.2 the
     90 and 270 views fill right and left; back stays empty (its nearest views, 150 and 210, are 30 degrees off)."""
     names: list[str] = []
     used = set(taken)
@@ -69,7 +69,7 @@ def view_names(cameras: tuple[ViewCamera, ...], taken: set[str]) -> list[str]:
             used.add(fits[0])
             names.append(fits[0])
         else:
-            names.append(f"generated_az{camera.azimuth:03.0f}_el{camera.elevation:.0f}")
+            names.append(angled_view_name("generated", camera.azimuth, camera.elevation))
     return names
 
 

@@ -264,3 +264,23 @@ def test_error_body_validates_and_its_check_can_fail() -> None:
         broken = {**body, key: value}
         with pytest.raises(ValueError, match="error.json is invalid"):
             validate_error(broken)
+
+
+def test_one_view_name_rule_for_stages_schema_and_storage() -> None:
+    """Generated view names pass export's check, the schema's name and key patterns and the storage key rule."""
+    from pipeline.paint_views import VIEW_AZIMUTHS, VIEW_ELEVATIONS
+    from pipeline.types import VIEW_NAME_PATTERN, angled_view_name, is_view_name
+    from pipeline.view_synthesis import ZERO123PLUS_CAMERAS, view_names
+    from utils.storage import _KEY_CHARS
+
+    schema = json.loads((SCHEMA_DIR / "meta.schema.json").read_text())
+    assert schema["$defs"]["view"]["properties"]["name"]["pattern"] == VIEW_NAME_PATTERN
+    output_keys = schema["properties"]["outputs"]["propertyNames"]["pattern"]
+    assert f"views/{VIEW_NAME_PATTERN[1:-1]}\\.png" in output_keys
+    names = [angled_view_name("paint", a, e) for a, e in zip(VIEW_AZIMUTHS, VIEW_ELEVATIONS)]
+    names += view_names(ZERO123PLUS_CAMERAS, {"front"})
+    assert "paint_az180_elm90" in names and "paint_az000_elp90" in names
+    for name in names:
+        assert is_view_name(name) and _KEY_CHARS.fullmatch(f"job/views/{name}.png"), name
+        jsonschema.validate(f"views/{name}.png", {"pattern": output_keys})
+    assert not is_view_name("paint_az000_el+00")

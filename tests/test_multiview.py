@@ -378,7 +378,7 @@ def test_user_views_win_over_generated_ones(tmp_path: Path, one_thread: None) ->
                     views={"right": ("views.right.base64", example_bytes("crate.png"))})
     views = prepare_views(request, raw, _ctx(), view_size=64, max_pixels=MAX, models=_manager(tmp_path))
     assert views.views["right"].source == "input" and views.views["right"].azimuth == 90.0
-    assert views.info["view_synthesis"]["views"][1]["name"] == "generated_az090_el-10"
+    assert views.info["view_synthesis"]["views"][1]["name"] == "generated_az090_elm10"
 
 
 def test_missing_view_synthesis_weights_are_a_clear_error(tmp_path: Path) -> None:

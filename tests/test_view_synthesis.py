@@ -61,10 +61,10 @@ def test_cameras_are_v12s() -> None:
 
 def test_view_names_fill_left_and_right_but_not_back() -> None:
     assert view_names(ZERO123PLUS_CAMERAS, {"front"}) == [
-        "generated_az030_el20", "right", "generated_az150_el20", "generated_az210_el-10", "left",
-        "generated_az330_el-10"]
+        "generated_az030_elp20", "right", "generated_az150_elp20", "generated_az210_elm10", "left",
+        "generated_az330_elm10"]
     # The user's own right photo wins; the 90 degree view keeps its camera name.
-    assert view_names(ZERO123PLUS_CAMERAS, {"front", "right"})[1] == "generated_az090_el-10"
+    assert view_names(ZERO123PLUS_CAMERAS, {"front", "right"})[1] == "generated_az090_elm10"
 
 
 def test_split_grid_is_row_major() -> None:
