@@ -59,7 +59,7 @@ ENV PYTHONUNBUFFERED=1 \
     RUNPOD_LOG_LEVEL=INFO \
     HF_HUB_OFFLINE=1 \
     MODELS_DIR=/models \
-    PRELOAD_MODELS=hunyuan3d-2
+    PRELOAD_MODELS="hunyuan3d-2 hunyuan3d-paint"
 
 # Weights baked at build time (optional): --build-arg MODELS="hunyuan3d-2 hunyuan3d-2-turbo". Only the model
 # registry is copied first, so code changes below do not re-download the weights.

@@ -132,14 +132,30 @@ class ModelManager:
     def preload(self, names: Iterable[str]) -> None:
         """Load models at worker start. A missing model is logged (with the fix) and skipped, so the
         worker still serves the jobs it can; a job asking for it gets the same message."""
+        loaded: list[str] = []
         for name in names:
             try:
-                self.shape_pipeline(name)
+                self.load(name)
+                loaded.append(name)
             except ModelUnavailableError as exc:
                 log.error("not preloading %s: %s", name, exc.message)
-        log.info("models loaded at start-up: %s", ", ".join(self.loaded()) or "none")
+        log.info("models loaded at start-up: %s", ", ".join(loaded) or "none")
+
+    def load(self, name: str) -> None:
+        """Load model `name` now, whatever its kind (shape or paint, with what it requires)."""
+        try:
+            kind = get_spec(name).kind
+        except KeyError as exc:
+            raise ModelUnavailableError(str(exc.args[0])) from None
+        if kind == "paint":
+            from models.paint_loader import paint_models  # it builds on this module
+
+            paint_models(self, name)
+        else:
+            self.shape_pipeline(name)
 
     def loaded(self) -> list[str]:
+        """The shape pipelines loaded so far (paint models are cached by models/paint_loader.py)."""
         return list(self._pipelines)
 
     def describe(self, name: str) -> dict[str, Any]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline.errors import JobCancelled, JobTimeout
@@ -51,17 +52,38 @@ class Deadline:
             )
 
 
+def no_sync() -> None:
+    """The clock's default device barrier: nothing to wait for on the CPU."""
+
+
 @dataclass
 class StageContext:
-    """Passed to every stage: which stage it is, the deadline, and progress within the stage.
+    """Passed to every stage: which stage it is, the deadline, progress within the stage, and the stage's
+    step clock.
 
     `report(f, msg)` maps the stage-local fraction f in [0, 1] onto the job's overall progress.
+    `with ctx.timed("unwrap"):` adds the block's wall seconds to `steps["unwrap"]` (meta.json's
+    timings.steps). `sync` (torch.cuda.synchronize on a GPU worker) runs at both ends of a timed block, so
+    queued GPU work counts in the step that queued it; steps run in threads beside each other may overlap.
+    Copies made with dataclasses.replace (narrower spans) share the same `steps`.
     """
 
     stage: str
     deadline: Deadline
     progress: ProgressFn = no_progress
     span: tuple[float, float] = (0.0, 1.0)
+    steps: dict[str, float] = field(default_factory=dict)
+    sync: Callable[[], None] = no_sync
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        self.sync()
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.steps[step] = round(self.steps.get(step, 0.0) + time.monotonic() - started, 4)
 
     def check(self) -> None:
         self.deadline.check(self.stage)

@@ -317,10 +317,13 @@ def sample_grid(pipe: Any, image: ConditionImage, settings: ShapeSettings,
                 ctx: StageContext) -> torch.Tensor:  # [B, R+1, R+1, R+1] float32 logits
     """Picture(s) -> decoded occupancy grid: encode, sample, decode."""
     ctx.report(0.0, "encoding the picture")
-    condition = encode_condition(pipe, image, settings.guidance_scale)
-    latents = sample_latents(pipe, condition, settings, ctx, progress_span=(0.05, 0.85))
+    with ctx.timed("encode"):
+        condition = encode_condition(pipe, image, settings.guidance_scale)
+    with ctx.timed("sample"):
+        latents = sample_latents(pipe, condition, settings, ctx, progress_span=(0.05, 0.85))
     ctx.report(0.85, "decoding the volume")
-    return decode_volume(pipe, latents, settings, ctx)
+    with ctx.timed("decode"):
+        return decode_volume(pipe, latents, settings, ctx)
 
 
 def run_shape(pipe: Any, image: ConditionImage, settings: ShapeSettings, ctx: StageContext) -> MeshData | None:

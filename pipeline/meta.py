@@ -201,7 +201,7 @@ def build_meta(
     files: list[BundleFile],
     urls: dict[str, str],  # bundle key -> fetchable URL
     key_prefix: str,  # storage key of the job folder, e.g. "<output_prefix>/<job_id>"
-    timings: dict[str, float],  # stage -> seconds, plus "total"
+    timings: dict[str, Any],  # stage -> seconds, "total", and "steps": stage -> step -> seconds
     models: list[dict[str, Any]],  # {role, name, repo_id, revision, dtype, device, settings}
     created_at: datetime,
 ) -> dict[str, Any]:
@@ -214,7 +214,7 @@ def build_meta(
         "status": "complete",
         "input": _input_section(request, views),
         "models": models,
-        "timings": {k: round(float(v), 3) for k, v in timings.items()},
+        "timings": timings_section(timings),
         "outputs": _outputs_section(files, urls, key_prefix, textured),
         "mesh": {
             "vertices": int(len(textured.vertices)),
@@ -232,7 +232,7 @@ def build_meta(
 
 
 def build_error(
-    *, job_id: str, stage: str, message: str, timings: dict[str, float], created_at: datetime
+    *, job_id: str, stage: str, message: str, timings: dict[str, Any], created_at: datetime
 ) -> dict[str, Any]:
     """The error.json body of a failed job (schemas/error.schema.json)."""
     return {
@@ -243,8 +243,18 @@ def build_error(
         "status": "failed",
         "stage": stage,
         "error": message,
-        "timings": {k: round(float(v), 3) for k, v in timings.items()},
+        "timings": timings_section(timings),
     }
+
+
+def timings_section(timings: dict[str, Any]) -> dict[str, Any]:
+    """Seconds rounded to the millisecond: per stage, "total", and "steps" (stage -> step -> seconds)."""
+    section: dict[str, Any] = {k: round(float(v), 3) for k, v in timings.items() if k != "steps"}
+    steps = timings.get("steps")
+    if steps:
+        section["steps"] = {stage: {step: round(float(v), 3) for step, v in items.items()}
+                            for stage, items in steps.items()}
+    return section
 
 
 @lru_cache(maxsize=None)

@@ -103,7 +103,8 @@ def prepare_views(
     info: dict[str, Any] = {"view_size": view_size, "margin": margin}
     for index, (name, (field, data)) in enumerate(pictures):
         ctx.report(inputs_share * index / len(pictures), f"preparing the {name} view")
-        source = decode_image(data, field=field, name=name, max_pixels=max_pixels)
+        with ctx.timed("decode"):
+            source = decode_image(data, field=field, name=name, max_pixels=max_pixels)
         ctx.check()
         user_mask = None
         if name == "front" and raw.mask is not None:
@@ -114,12 +115,15 @@ def prepare_views(
             info["mask"] = {"sha256": hashlib.sha256(mask_bytes).hexdigest(), "bytes": len(mask_bytes),
                             "width": source.width, "height": source.height,
                             "format": sniff_format(mask_bytes) or "unknown"}
-        alpha, method = object_alpha(source, user_mask, request.remove_background, ctx, remover)
+        with ctx.timed("background"):
+            alpha, method = object_alpha(source, user_mask, request.remove_background, ctx, remover)
         _require_object(alpha, method, raw.mask[0] if method == "mask" and raw.mask else field)
         ctx.check()
+        with ctx.timed("recentre"):
+            rgba = recentre(source.rgba[..., :3], alpha, view_size=view_size, margin=margin, check=ctx.check)
         views[name] = PreparedView(
             name=name,
-            rgba=recentre(source.rgba[..., :3], alpha, view_size=view_size, margin=margin, check=ctx.check),
+            rgba=rgba,
             source="input",
             azimuth=VIEW_AZIMUTH[name],
             mask_method=method,
@@ -127,8 +131,9 @@ def prepare_views(
         sources.append(source)
         methods[name] = method
     if generating:
-        generated, info["view_synthesis"] = generate_views(
-            request, views["front"], ctx, models, remover, view_size=view_size, margin=margin, taken=set(views))
+        with ctx.timed("view_synthesis"):
+            generated, info["view_synthesis"] = generate_views(
+                request, views["front"], ctx, models, remover, view_size=view_size, margin=margin, taken=set(views))
         views.update(generated)
         methods.update({name: view.mask_method for name, view in generated.items()})
     ctx.report(1.0, f"prepared {len(views)} view(s)")

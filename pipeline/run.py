@@ -9,14 +9,14 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.context import Deadline, ProgressFn, StageContext, no_progress
+from pipeline.context import Deadline, ProgressFn, StageContext, no_progress, no_sync
 from pipeline.errors import JobError, StageError
 from pipeline.export import BundleFile, export_bundle
 from pipeline.mesh import run_mesh_stage
@@ -68,17 +68,21 @@ class JobResult:
 class _StageClock:
     """Times stages and remembers which one is running (for error reports)."""
 
-    def __init__(self, deadline: Deadline, progress: ProgressFn) -> None:
+    def __init__(self, deadline: Deadline, progress: ProgressFn, sync: Callable[[], None]) -> None:
         self.deadline = deadline
         self.progress = progress
+        self.sync = sync
         self.current = "input"
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, Any] = {}  # stage -> seconds, "total", and "steps" once the job is done
+        self.steps: dict[str, dict[str, float]] = {}  # stage -> step -> seconds (meta.json timings.steps)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[StageContext]:
         self.current = name
         self.deadline.check(name)
-        ctx = StageContext(stage=name, deadline=self.deadline, progress=self.progress, span=STAGE_SPANS[name])
+        ctx = StageContext(stage=name, deadline=self.deadline, progress=self.progress, span=STAGE_SPANS[name],
+                           sync=self.sync)
+        self.steps[name] = ctx.steps
         ctx.report(0.0, f"{name} started")
         start = time.monotonic()
         try:
@@ -100,7 +104,8 @@ def run_pipeline(
     storage = services.storage
     prefix = job_prefix(request.output_prefix, job_id)
     created_at = datetime.now(timezone.utc)
-    clock = _StageClock(deadline, progress)
+    device = services.models.device if services.models is not None else "cpu"
+    clock = _StageClock(deadline, progress, _device_sync(device))
     uploaded: list[str] = []
     # A re-run under the same job id must not leave an old meta.json that marks the new bundle complete.
     storage.delete(f"{prefix}/{META_KEY}")
@@ -108,23 +113,25 @@ def run_pipeline(
     try:
         with tempfile.TemporaryDirectory(prefix="job-") as tmp:
             with clock.stage("multiview") as ctx:
-                raw = gather_inputs(request, services.fetcher)
+                with ctx.timed("fetch"):
+                    raw = gather_inputs(request, services.fetcher)
                 views = prepare_views(
                     request, raw, ctx, max_pixels=services.settings.max_image_pixels, models=services.models
                 )
             with clock.stage("mesh") as ctx:
                 mesh = run_mesh_stage(request, views, ctx, services.models)
             with clock.stage("texture") as ctx:
-                device = services.models.device if services.models is not None else "cpu"
                 textured = run_texture_stage(request, views, mesh, ctx, device=device, models=services.models)
                 views.views.update(textured.info.pop("generated_views", {}))
             with clock.stage("export") as ctx:
                 files = export_bundle(textured, views, Path(tmp), ctx=ctx)
             with clock.stage("upload") as ctx:
                 upload_started = time.monotonic()
-                urls = _upload(storage, prefix, files, ctx, uploaded)
+                with ctx.timed("files"):
+                    urls = _upload(storage, prefix, files, ctx, uploaded)
                 clock.timings["upload"] = round(time.monotonic() - upload_started, 3)
                 clock.timings["total"] = round(deadline.elapsed(), 3)
+                clock.timings["steps"] = clock.steps
                 meta = build_meta(
                     job_id=job_id,
                     request=request,
@@ -162,6 +169,15 @@ def run_pipeline(
     )
 
 
+def _device_sync(device: str) -> Callable[[], None]:
+    """The step clock's barrier: on a GPU, wait for queued kernels so each step's seconds are its own."""
+    if not str(device).startswith("cuda"):
+        return no_sync
+    import torch
+
+    return lambda: torch.cuda.synchronize(device)
+
+
 def _upload(
     storage: Storage, prefix: str, files: list[BundleFile], ctx: StageContext, uploaded: list[str]
 ) -> dict[str, str]:
@@ -196,6 +212,7 @@ def _record_failure(
 ) -> None:
     """Remove the partial bundle and leave error.json; never let this mask the original error."""
     clock.timings["total"] = round(clock.deadline.elapsed(), 3)
+    clock.timings["steps"] = clock.steps
     for key in uploaded:
         try:
             storage.delete(key)

@@ -15,6 +15,7 @@ Sampling details (steps, guidance, decoding) live in pipeline/hunyuan_sampler.py
 """
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -148,14 +149,16 @@ def generate_hunyuan_mesh(request: JobRequest, views: ViewSet, ctx: StageContext
     image, info = condition_images(views, spec.multiview)
     sampling = ctx.span[0], ctx.span[0] + (ctx.span[1] - ctx.span[0]) * 0.8
     with models.lock:
-        grid = sample_grid(pipe, image, settings, StageContext(ctx.stage, ctx.deadline, ctx.progress, sampling))
+        grid = sample_grid(pipe, image, settings, dataclasses.replace(ctx, span=sampling))
         ctx.report(0.8, "extracting the surface")
-        surfaces = extract_surfaces(grid, settings, request.target_faces)
+        with ctx.timed("extract"):
+            surfaces = extract_surfaces(grid, settings, request.target_faces)
         del grid  # 0.2 GB of GPU memory at octree 384
     if surfaces is None:
         raise StageError(NO_SURFACE, stage="mesh")
     ctx.report(0.85, "cleaning the mesh")
-    mesh, dense, fit = clean_and_reduce(surfaces, request.target_faces, views.front.mask, ctx)
+    with ctx.timed("cleanup"):
+        mesh, dense, fit = clean_and_reduce(surfaces, request.target_faces, views.front.mask, ctx)
     info.update(fit, faces_raw=int(len(surfaces.dense.faces)), faces_dense=int(len(dense.faces)),
                 faces=int(len(mesh.faces)), watertight=meshops.is_watertight(mesh))
     model = {**models.describe(spec.name), "settings": settings.as_dict()}

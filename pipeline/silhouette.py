@@ -194,31 +194,33 @@ def build_silhouette_mesh(
             stage="mesh",
         )
 
-    ctx.report(0.1, "measuring distances to the outline")
-    sdf = sample_grid(mask, resolution, _PAD)
-    tubes = thin_part_balls(mask, resolution, _PAD, min_radius=min_tube_radius)
-    reach = int(np.ceil(min_tube_radius))
-    occupied = np.concatenate([np.argwhere(sdf > 0), np.floor(tubes).astype(np.int64)])
-    if len(occupied) == 0:
-        raise StageError(
-            f"the object is too thin to mesh at resolution {resolution}; crop the picture closer to it",
-            stage="mesh",
-        )
-    lo = np.maximum(occupied.min(0) - _PAD - reach, 0)
-    hi = np.minimum(occupied.max(0) + _PAD + reach + 2, sdf.shape)
-    sdf = sdf[lo[0] : hi[0], lo[1] : hi[1]]
+    with ctx.timed("field"):
+        ctx.report(0.1, "measuring distances to the outline")
+        sdf = sample_grid(mask, resolution, _PAD)
+        tubes = thin_part_balls(mask, resolution, _PAD, min_radius=min_tube_radius)
+        reach = int(np.ceil(min_tube_radius))
+        occupied = np.concatenate([np.argwhere(sdf > 0), np.floor(tubes).astype(np.int64)])
+        if len(occupied) == 0:
+            raise StageError(
+                f"the object is too thin to mesh at resolution {resolution}; crop the picture closer to it",
+                stage="mesh",
+            )
+        lo = np.maximum(occupied.min(0) - _PAD - reach, 0)
+        hi = np.minimum(occupied.max(0) + _PAD + reach + 2, sdf.shape)
+        sdf = sdf[lo[0] : hi[0], lo[1] : hi[1]]
 
-    ctx.report(0.25, "inflating the outline")
-    height2 = add_balls(inflate(sdf, ctx), tubes - lo, min_tube_radius)
-    field, z0 = _field(height2, _PAD)
-    # The box faces are outside by construction, so marching cubes always closes the surface.
-    for axis in range(3):
-        field.swapaxes(0, axis)[[0, -1]] = -1.0
+        ctx.report(0.25, "inflating the outline")
+        height2 = add_balls(inflate(sdf, ctx), tubes - lo, min_tube_radius)
+        field, z0 = _field(height2, _PAD)
+        # The box faces are outside by construction, so marching cubes always closes the surface.
+        for axis in range(3):
+            field.swapaxes(0, axis)[[0, -1]] = -1.0
 
     ctx.report(0.45, "extracting the surface")
-    if field.max() <= 0:
-        raise StageError("no surface could be built from the outline; check the object mask", stage="mesh")
-    verts, faces, _, _ = marching_cubes(field, level=0.0, allow_degenerate=False)
+    with ctx.timed("extract"):
+        if field.max() <= 0:
+            raise StageError("no surface could be built from the outline; check the object mask", stage="mesh")
+        verts, faces, _, _ = marching_cubes(field, level=0.0, allow_degenerate=False)
     # Grid index -> world: cell centres at (i + 0.5) / G * 2 - 1, z symmetric about the picture plane.
     offset = np.array([lo[0] - _PAD + 0.5, lo[1] - _PAD + 0.5, 0.0])
     grid_xyz = verts.astype(np.float64) + offset
@@ -229,10 +231,11 @@ def build_silhouette_mesh(
     raw = MeshData(vertices=world.astype(np.float32), faces=faces[:, ::-1].astype(np.int32))
 
     ctx.report(0.65, "smoothing and cleaning the surface")
-    dense = _inside_unit_box(clean_mesh(smooth(raw, iterations=smooth_iterations), ctx=ctx))
+    with ctx.timed("cleanup"):
+        dense = _inside_unit_box(clean_mesh(smooth(raw, iterations=smooth_iterations), ctx=ctx))
 
-    ctx.report(0.8, f"reducing {len(dense.faces)} faces to {target_faces}")
-    mesh = _inside_unit_box(decimate(dense, target_faces, ctx=ctx))
+        ctx.report(0.8, f"reducing {len(dense.faces)} faces to {target_faces}")
+        mesh = _inside_unit_box(decimate(dense, target_faces, ctx=ctx))
     ctx.report(1.0, "silhouette mesh ready")
     return MeshResult(
         mesh=mesh,

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +14,7 @@ from pipeline.render.geometry import vertex_normals
 from pipeline.render.projection import MIRROR_WEIGHT, fill_unseen, mirrored_back, project_views
 from pipeline.request import JobRequest
 from pipeline.types import VIEW_NAMES, MeshData, MeshResult, PreparedView, TexturedMesh, ViewSet, angled_view_name
-from pipeline.uv import dilate, unwrap
+from pipeline.uv import dilate, start_unwrap
 
 if TYPE_CHECKING:
     from models.manager import ModelManager
@@ -75,29 +74,8 @@ def _projection_albedo(
     return albedo.reshape(size, size, 3), info
 
 
-def _paint_albedo(
-    request: JobRequest,
-    views: ViewSet,
-    vertices: np.ndarray,  # [V, 3] float32, UV-split
-    faces: np.ndarray,  # [F, 3] int32
-    uvs: np.ndarray,  # [V, 2] float32
-    ctx: StageContext,
-    models: "ModelManager",
-    device: str,
-) -> tuple[np.ndarray, dict[str, Any]]:  # ([S, S, 3] uint8 sRGB, info)
-    """Hunyuan3D Paint: de-light the front view, generate six views, back-project them (pipeline/paint.py).
-    The generated pictures go to info["generated_views"] as PreparedViews so the bundle keeps them."""
-    # Imported here: only paint jobs need diffusers and hy3dgen's paint classes.
-    from models.paint_loader import paint_models
-    from pipeline.paint import paint_albedo
-
-    # The lock serialises model use; paint seeds the global RNG its pipeline samples from.
-    with models.lock:
-        loaded = paint_models(models, request.texture_model)
-        albedo, info = paint_albedo(
-            views.front, vertices, faces, uvs, texture_size=request.texture_size, models=loaded, ctx=ctx,
-            seed=request.seed, device=device,
-        )
+def _generated_views(request: JobRequest, info: dict[str, Any]) -> dict[str, PreparedView]:
+    """Paint's pictures (info["images"], taken out) as PreparedViews, so the bundle keeps them in views/."""
     cameras = {angled_view_name("paint", v["azimuth"], v["elevation"]): v for v in info.get("views", [])}
     generated: dict[str, PreparedView] = {}
     for name, pixels in info.pop("images").items():
@@ -107,9 +85,7 @@ def _paint_albedo(
             name=name, rgba=rgba, source="generated", azimuth=float(camera["azimuth"]),
             elevation=float(camera["elevation"]), fov=0.0, mask_method=request.texture_model,
         )
-    info["method"] = request.texture_model
-    info["generated_views"] = generated
-    return albedo, info
+    return generated
 
 
 def _untextured(request: JobRequest, mesh: MeshData) -> TexturedMesh:
@@ -140,7 +116,8 @@ def run_texture_stage(
     if not request.texture:
         ctx.report(1.0, "texture disabled: keeping the untextured mesh")
         return _untextured(request, mesh.mesh)
-    if request.texture_model in PAINT_MODELS:
+    paint = request.texture_model in PAINT_MODELS
+    if paint:
         if models is None:
             raise ModelUnavailableError(
                 f"texture_model {request.texture_model!r} needs model weights, and this worker runs without a "
@@ -151,50 +128,76 @@ def run_texture_stage(
     size = request.texture_size
     low = mesh.mesh
 
+    # The unwrap runs in a child process while Paint de-lights and diffuses on the GPU: those read only
+    # the surface. Its own seconds are steps.unwrap; steps.unwrap_wait is what the stage still waited for it.
     ctx.report(0.0, "unwrapping UVs")
-    started = time.monotonic()
-    vertices, faces, uvs, vmapping = unwrap(low, ctx=ctx, texture_size=size)
-    uv_info = {"method": "xatlas", "vertices": len(vertices), "seconds": round(time.monotonic() - started, 3)}
+    pending = start_unwrap(low, texture_size=size, stage=ctx.stage)
+    try:
+        painted = loaded = None
+        if paint:
+            from models.paint_loader import paint_models  # only paint jobs need diffusers and hy3dgen's paint
+            from pipeline.paint import paint_views
+
+            ctx.report(0.02, f"painting views with {request.texture_model} while the UVs unwrap")
+            # The lock serialises model use; paint seeds the global RNG its pipeline samples from.
+            with models.lock:
+                loaded = paint_models(models, request.texture_model)
+                painted = paint_views(views.front, low.vertices.astype(np.float32), low.faces.astype(np.int32),
+                                      models=loaded, ctx=_span(ctx, 0.02, 0.3), seed=request.seed, device=device)
+        with ctx.timed("unwrap_wait"):
+            vertices, faces, uvs, vmapping = pending.wait(ctx)
+    finally:
+        pending.cancel()
+    ctx.steps["unwrap"] = pending.seconds
+    uv_info = {"method": "xatlas", "vertices": len(vertices), "seconds": pending.seconds}
     normals = vertex_normals(low.vertices, low.faces)[vmapping]  # unsplit normals: seams stay smooth
     tangents = tangent_frames(vertices, faces, uvs, normals)
 
-    ctx.report(0.25, "rasterising UV space")
-    surface = texel_surface(vertices, faces, uvs, normals, size=size, device=device, ctx=ctx)
-    coverage = surface.mask.cpu().numpy()
+    ctx.report(0.3, "rasterising UV space")
+    with ctx.timed("rasterise"):
+        surface = texel_surface(vertices, faces, uvs, normals, size=size, device=device, ctx=ctx)
+        coverage = surface.mask.cpu().numpy()
 
-    if request.texture_model in PAINT_MODELS:
-        ctx.report(0.3, f"painting albedo with {request.texture_model}")
-        albedo, albedo_info = _paint_albedo(
-            request, views, vertices, faces, uvs, _span(ctx, 0.3, 0.45), models, device
+    if painted is not None and loaded is not None:
+        from pipeline.paint import bake_painted_views
+
+        albedo, albedo_info = bake_painted_views(
+            painted, vertices, faces, uvs, texture_size=size, models=loaded, ctx=_span(ctx, 0.3, 0.45),
+            seed=request.seed, device=device,
         )
-        generated_views = albedo_info.pop("generated_views")
+        albedo_info["method"] = request.texture_model
+        generated_views = _generated_views(request, albedo_info)
         albedo_models = albedo_info.pop("models", {})
         albedo = albedo.reshape(-1, 3)
         albedo[~coverage.reshape(-1)] = 0  # outside the charts is refilled by dilation below
         albedo = albedo.reshape(size, size, 3)
     else:
         ctx.report(0.3, "projecting views")
-        albedo, albedo_info = _projection_albedo(views, vertices, faces, surface, _span(ctx, 0.3, 0.45), device)
+        with ctx.timed("projection"):
+            albedo, albedo_info = _projection_albedo(views, vertices, faces, surface, _span(ctx, 0.3, 0.45), device)
         generated_views, albedo_models = {}, {}
 
     ctx.report(0.45, "baking normal map")
-    normal = bake_normal_map(
-        (vertices, faces, uvs, normals, tangents), mesh.dense, size=size, ctx=_span(ctx, 0.45, 0.7),
-        surface=surface, device=device,
-    )
+    with ctx.timed("normal_bake"):
+        normal = bake_normal_map(
+            (vertices, faces, uvs, normals, tangents), mesh.dense, size=size, ctx=_span(ctx, 0.45, 0.7),
+            surface=surface, device=device,
+        )
 
     ctx.report(0.7, "baking ambient occlusion")
-    ao = _to_uint8(bake_ao(low, surface, samples=AO_SAMPLES, ctx=_span(ctx, 0.7, 0.95), device=device))
+    with ctx.timed("ao_bake"):
+        ao = _to_uint8(bake_ao(low, surface, samples=AO_SAMPLES, ctx=_span(ctx, 0.7, 0.95), device=device))
 
     ctx.report(0.95, "packing maps")
     # every empty texel is filled (pixels=size), so mipmaps and bilinear filtering never read an empty one
-    maps = {
-        "albedo": dilate(albedo, coverage, pixels=size),
-        "normal": dilate(normal, coverage, pixels=size),
-        "ao": dilate(ao, coverage, pixels=size),
-        "roughness": _uniform(request.roughness, size),
-        "metallic": _uniform(request.metallic, size),
-    }
+    with ctx.timed("dilation"):
+        maps = {
+            "albedo": dilate(albedo, coverage, pixels=size),
+            "normal": dilate(normal, coverage, pixels=size),
+            "ao": dilate(ao, coverage, pixels=size),
+        }
+    maps["roughness"] = _uniform(request.roughness, size)
+    maps["metallic"] = _uniform(request.metallic, size)
     maps["orm"] = np.stack([maps["ao"], maps["roughness"], maps["metallic"]], axis=-1)
     details: dict[str, dict[str, Any]] = {
         "albedo": {**albedo_info, "size": size},

@@ -16,6 +16,7 @@ import pytest
 
 from models.registry import with_requirements
 from tests.helpers import REPO
+from utils.settings import DEFAULT_PAINT_MODEL, DEFAULT_SHAPE_MODEL
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -140,7 +141,8 @@ def test_runtime_defaults():
     assert env["RUNPOD_LOG_LEVEL"] == "INFO"
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["MODELS_DIR"] == "/models"
-    assert env["PRELOAD_MODELS"] == "hunyuan3d-2"
+    # what the default request runs: the default shape model and the default paint model
+    assert env["PRELOAD_MODELS"] == f"{DEFAULT_SHAPE_MODEL} {DEFAULT_PAINT_MODEL}"
     assert env["PYTHONUNBUFFERED"] == "1"
     assert env["PATH"].startswith("/opt/venv/bin:")  # `python` in CMD is the venv's
 

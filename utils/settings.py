@@ -22,6 +22,7 @@ def _bool(value: str | None, default: bool = False) -> bool:
 
 
 DEFAULT_SHAPE_MODEL = "hunyuan3d-2"
+DEFAULT_PAINT_MODEL = "hunyuan3d-paint"  # what the default request textures with
 
 
 class SettingsError(ValueError):
@@ -74,11 +75,11 @@ class Settings:
         if storage == "s3" and not bucket:
             raise SettingsError("STORAGE=s3 needs S3_BUCKET")
         on_runpod = bool(env.get("RUNPOD_ENDPOINT_ID") or env.get("RUNPOD_POD_ID"))
-        # Unset: a RunPod worker preloads the default shape model (cold start before the first job, and a
-        # loud start-up failure when its weights are missing); elsewhere models load on first use.
+        # Unset: a RunPod worker preloads what the default request runs, shape and paint (cold start before
+        # the first job, and a loud start-up failure when weights are missing); elsewhere models load on first use.
         preload = env.get("PRELOAD_MODELS")
         if preload is None:
-            preload = DEFAULT_SHAPE_MODEL if on_runpod else ""
+            preload = f"{DEFAULT_SHAPE_MODEL} {DEFAULT_PAINT_MODEL}" if on_runpod else ""
         return cls(
             models_dir=Path(env.get("MODELS_DIR") or "/models"),
             storage=storage,
