@@ -170,6 +170,13 @@ def test_the_parser_splits_runs_and_skips() -> None:
     assert block.runnable == [".venv/bin/python handler.py", "A=$(echo 'a && b'     | cat)", 'echo "$A"']
 
 
+def test_a_failing_command_fails_its_block(tmp_path: Path) -> None:
+    result = _run("true\nfalse\necho after", tmp_path, _env(tmp_path))
+    assert result.returncode != 0 and "after" not in result.stdout
+    result = _run("echo x | false | cat\necho after", tmp_path, _env(tmp_path))  # inside a pipe too
+    assert result.returncode != 0 and "after" not in result.stdout
+
+
 def test_every_readme_command_block_runs(tmp_path: Path) -> None:
     blocks = parse(README.read_text())
     assert blocks, "README.md has no ```bash block"
