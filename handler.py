@@ -1,7 +1,8 @@
 """The RunPod serverless worker: validate job["input"], run the pipeline, return a small result.
 
     python handler.py                                  # runs test_input.json once (runpod SDK local test)
-    python handler.py --test_input '{"input": {...}}'  # runs that request once
+    python handler.py --test_input_file job.json       # runs the request in that file once (any size; - = stdin)
+    python handler.py --test_input '{"input": {...}}'  # runs that request once (small ones: argv is capped)
     python handler.py  (on RunPod)                     # serves jobs
 
 Everything a job needs (settings, storage, fetcher, models) is built once at import, so model loading
@@ -9,6 +10,7 @@ happens during cold start, before the first job.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,11 +23,15 @@ from pipeline.context import Deadline, ProgressFn
 from pipeline.errors import InputError, JobError
 from pipeline.request import API_VERSION, parse_request
 from pipeline.run import Services, run_pipeline
+from utils import logs
 from utils.fetch import Fetcher
 from utils.settings import Settings
 from utils.storage import make_s3_client, make_storage
 
 log = logging.getLogger("worker")
+# No log line of a worker process (this one, serve.py's) carries a picture: the runpod SDK logs the whole job
+# at DEBUG, so base64 runs are cut to their length at every level (utils/logs.py).
+logs.install()
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -103,6 +109,54 @@ def handler(job: dict[str, Any]) -> dict[str, Any]:
     return run_job(str(job.get("id", "")), job.get("input"), progress=send_progress)
 
 
+TEST_INPUT_FILE = "--test_input_file"
+
+
+def expand_test_input_file(argv: list[str]) -> list[str]:
+    """argv with `--test_input_file PATH` (or `=PATH`; `-` reads stdin) replaced by `--test_input <its JSON>`.
+
+    The runpod SDK parses `--test_input` from sys.argv itself (runpod/serverless/__init__.py,
+    `parser.parse_known_args()` then `json.loads`). A request with a picture in it is too big for a command
+    line (Linux caps one argument at 128 KiB), but sys.argv is only a Python list: reading the file here and
+    handing its text to the SDK as `--test_input` has no such limit. Exits with a message naming the problem
+    when the file is missing or not a JSON job with an "input" object.
+    """
+    out: list[str] = []
+    path: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == TEST_INPUT_FILE or arg.startswith(TEST_INPUT_FILE + "="):
+            if path is not None:
+                raise SystemExit(f"{TEST_INPUT_FILE} given twice")
+            if arg == TEST_INPUT_FILE:
+                if i + 1 >= len(argv):
+                    raise SystemExit(f"{TEST_INPUT_FILE} needs a path (a job JSON file, or - for stdin)")
+                path = argv[i + 1]
+                i += 1
+            else:
+                path = arg.split("=", 1)[1]
+        else:
+            out.append(arg)
+        i += 1
+    if path is None:
+        return list(argv)
+    if any(a == "--test_input" or a.startswith("--test_input=") for a in out):
+        raise SystemExit(f"give either --test_input or {TEST_INPUT_FILE}, not both")
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as err:
+        raise SystemExit(f"{TEST_INPUT_FILE} {path}: {err.strerror or err}") from None
+    try:
+        job = json.loads(text)
+    except ValueError as err:
+        raise SystemExit(f"{TEST_INPUT_FILE} {path}: not JSON ({err})") from None
+    if not isinstance(job, dict) or not isinstance(job.get("input"), dict):
+        raise SystemExit(f'{TEST_INPUT_FILE} {path}: expected a job {{"input": {{...}}}} '
+                         "(scripts/make_request.py writes one)")
+    return [*out, "--test_input", text]
+
+
 _SERVICES: Services | None = None
 
 
@@ -114,6 +168,7 @@ def get_services() -> Services:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = expand_test_input_file(sys.argv[1:])  # before anything slow: a bad file fails at once
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -125,4 +180,5 @@ if __name__ == "__main__":
     get_services()  # cold start: settings, storage, preloaded models, before the first job
     import runpod
 
+    logs.install()  # now that the SDK is imported: its own logger too (it logs the whole job at DEBUG)
     runpod.serverless.start({"handler": handler})

@@ -155,6 +155,12 @@ def list_models(models_dir: Path) -> str:
         status = "present" if not missing else f"missing {len(missing)}/{len(spec.files)} files"
         where = f"{spec.repo_id}/{spec.subfolder}@{spec.revision}"
         lines.append(f"{spec.name:<24} {spec.kind:<12} {spec.size_bytes / 1e9:>6.2f}GB  {status:<18} {where}")
+    licences: dict[str, list[str]] = {}
+    for spec in REGISTRY.values():
+        licences.setdefault(spec.licence, []).append(spec.name)
+    lines.append("licences (models/registry.py):")
+    for licence, names in licences.items():
+        lines += [f"  {licence}", f"      {', '.join(names)}"]
     return "\n".join(lines)
 
 

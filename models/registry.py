@@ -14,8 +14,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+# The one place each licence is written: README.md, DEPLOYMENT_CHECKLIST.md, `python -m models.download --list`
+# and meta.json show these strings as they are (tests/test_readme.py checks the documents). Every Hunyuan3D-2
+# entry, shape and paint alike, comes from the tencent/Hunyuan3D-2* hub repos, whose model cards name
+# tencent-hunyuan-community and ship the Tencent Hunyuan 3D 2.0 Community License Agreement.
 HUNYUAN_LICENCE = (
-    "tencent-hunyuan-community (Tencent Hunyuan 3D 2.0 Community License; not for use in the EU, UK or South Korea)"
+    "Tencent Hunyuan 3D 2.0 Community License (tencent-hunyuan-community): not for use in the EU, UK or South Korea"
 )
 DIT_FILES = ("config.yaml", "model.fp16.safetensors")
 
@@ -225,7 +229,6 @@ def shape_model_names() -> list[str]:
 # feature extractor that HunyuanPaintPipeline never runs (its prompt embeddings are learned tensors in the
 # UNet), `.bin` twins of the paint UNet/VAE safetensors, and unet/modules.py (we use hy3dgen's copy of
 # that code, never code from the weights folder). The turbo folder ships its VAE only as a `.bin`.
-PAINT_LICENCE = "tencent-hunyuan-non-commercial (Tencent Hunyuan Non-Commercial License Agreement; not for use in the EU, UK or South Korea)"
 _PAINT_CORE = ("scheduler/scheduler_config.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                "vae/config.json")
 _register(ModelSpec(
@@ -239,7 +242,7 @@ _register(ModelSpec(
            "tokenizer/vocab.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
            "vae/config.json", "vae/diffusion_pytorch_model.safetensors"),
     size_bytes=int(2.6 * _GB),
-    licence=PAINT_LICENCE,
+    licence=HUNYUAN_LICENCE,
     description="Hunyuan3D delight v2.0: InstructPix2Pix (SD 2.x) that removes lighting and shadows from the input view",
 ))
 _register(ModelSpec(
@@ -250,7 +253,7 @@ _register(ModelSpec(
     subfolder="hunyuan3d-paint-v2-0",
     files=_PAINT_CORE + ("vae/diffusion_pytorch_model.safetensors",),
     size_bytes=int(3.9 * _GB),
-    licence=PAINT_LICENCE,
+    licence=HUNYUAN_LICENCE,
     description="Hunyuan3D-Paint v2.0: 2.5D multiview diffusion (dual-stream SD 2.x UNet), six views, 30 steps with guidance",
     requires=("hunyuan3d-delight",),
 ))
@@ -262,7 +265,7 @@ _register(ModelSpec(
     subfolder="hunyuan3d-paint-v2-0-turbo",
     files=_PAINT_CORE + ("vae/diffusion_pytorch_model.bin",),
     size_bytes=int(3.9 * _GB),
-    licence=PAINT_LICENCE,
+    licence=HUNYUAN_LICENCE,
     description="Hunyuan3D-Paint v2.0 turbo: step-distilled multiview diffusion, 10 LCM steps without guidance",
     requires=("hunyuan3d-delight",),
 ))

@@ -210,7 +210,8 @@ def bake_ao(
     seen = torch.zeros(covered.numel(), dtype=torch.float32, device=device)
     total = torch.zeros_like(seen)
     for i, direction in enumerate(sphere_directions(samples)):
-        ctx.report(i / samples, "baking ambient occlusion")
+        # A loop's ticks: StageContext passes on a few of them (~every 10 % / 1 s), not one line per direction.
+        ctx.report(i / samples, "baking ambient occlusion", step=(i, samples))
         d = torch.as_tensor(direction, dtype=torch.float32, device=device)
         cos = (normal @ d).clamp(min=0.0)
         camera = _shadow_camera(direction, centre, radius, resolution)
@@ -222,6 +223,7 @@ def bake_ao(
         visible = depth <= depth_map[row * resolution + col] + pixel * 0.75 * tan
         seen += cos * visible.float()
         total += cos
+    ctx.report(1.0, "baking ambient occlusion", step=(samples, samples))
     ao = torch.ones(surface.size * surface.size, dtype=torch.float32, device=device)
     ao[covered] = torch.where(total > 0, seen / total.clamp(min=1e-12), torch.ones_like(total))
     return ao.view(surface.size, surface.size).clamp(0.0, 1.0).cpu().numpy()

@@ -56,12 +56,31 @@ def no_sync() -> None:
     """The clock's default device barrier: nothing to wait for on the CPU."""
 
 
+# A loop's progress (the same message again, or `report(..., step=(done, total))`) is passed on at most this
+# often: once the loop moved this much of the context's range AND this many seconds passed since the last
+# line. Every report still checks the deadline.
+LOOP_MIN_FRACTION = 0.1
+LOOP_MIN_SECONDS = 1.0
+
+
+@dataclass
+class _Throttle:
+    """What the last passed-on report was; shared by a stage's context and the sub-contexts made from it
+    (dataclasses.replace copies the reference), so a step announced by the caller is not repeated by the
+    loop it calls."""
+
+    key: str | None = None
+    fraction: float = -1.0
+    at: float = 0.0
+
+
 @dataclass
 class StageContext:
     """Passed to every stage: which stage it is, the deadline, progress within the stage, and the stage's
     step clock.
 
-    `report(f, msg)` maps the stage-local fraction f in [0, 1] onto the job's overall progress.
+    `report(f, msg)` maps the stage-local fraction f in [0, 1] onto the job's overall progress. One line per
+    step: a new message is always passed on; a loop's ticks are throttled (see `report`).
     `with ctx.timed("unwrap"):` adds the block's wall seconds to `steps["unwrap"]` (meta.json's
     timings.steps). `sync` (torch.cuda.synchronize on a GPU worker) runs at both ends of a timed block, so
     queued GPU work counts in the step that queued it; steps run in threads beside each other may overlap.
@@ -72,6 +91,7 @@ class StageContext:
     deadline: Deadline
     progress: ProgressFn = no_progress
     span: tuple[float, float] = (0.0, 1.0)
+    throttle: _Throttle = field(default_factory=_Throttle, repr=False, compare=False)
     steps: dict[str, float] = field(default_factory=dict)
     sync: Callable[[], None] = no_sync
 
@@ -88,8 +108,23 @@ class StageContext:
     def check(self) -> None:
         self.deadline.check(self.stage)
 
-    def report(self, fraction: float, message: str) -> None:
+    def report(self, fraction: float, message: str, step: tuple[int, int] | None = None) -> None:
+        """Progress at `fraction` of this context's range, then the deadline check.
+
+        A loop either repeats the same message or passes `step=(done, total)` (shown as "message done/total").
+        The first line of a step is always passed on; a repeat of the last line's message (a loop's tick) only
+        when it is the loop's last step (done == total) or once it moved LOOP_MIN_FRACTION of the range and
+        LOOP_MIN_SECONDS passed since the last line: a few lines per loop, however many iterations it has.
+        """
         lo, hi = self.span
-        f = min(max(fraction, 0.0), 1.0)
-        self.progress(self.stage, lo + (hi - lo) * f, message)
+        f = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)  # of the whole job
+        gate, now = self.throttle, time.monotonic()
+        if message != gate.key or (step is not None and step[0] >= step[1]):
+            send = True
+        else:  # a loop's tick: how far it moved, as a share of this context's range
+            moved = (f - gate.fraction) / (hi - lo) if hi > lo else 1.0
+            send = moved >= LOOP_MIN_FRACTION - 1e-9 and now - gate.at >= LOOP_MIN_SECONDS
+        if send:
+            gate.key, gate.fraction, gate.at = message, f, now
+            self.progress(self.stage, f, message if step is None else f"{message} {step[0]}/{step[1]}")
         self.check()

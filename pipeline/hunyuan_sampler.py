@@ -144,7 +144,8 @@ def sample_latents(pipe: Any, condition: Condition, settings: ShapeSettings, ctx
             guide.update(uncond=condition.uncond_token, count=condition.context_tokens)
     lo, hi = progress_span
     for index, t in enumerate(timesteps):
-        ctx.report(lo + (hi - lo) * index / len(timesteps), f"sampling step {index + 1}/{len(timesteps)}")
+        # The first, the last and ~every 10 % / 1 s in between (StageContext throttles a loop's ticks).
+        ctx.report(lo + (hi - lo) * index / len(timesteps), "sampling step", step=(index + 1, len(timesteps)))
         timestep = t.expand(latents.shape[0]).to(latents.dtype) / pipe.scheduler.config.num_train_timesteps
         vec = time_vector(pipe.model, timestep, guidance)
         velocity = step(pipe.model, latents, vec, context, **guide)

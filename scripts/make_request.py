@@ -1,6 +1,10 @@
-"""Print a job JSON (`{"input": {...}}`) for a local picture, for `handler.py --test_input` or curl.
+"""Write a job JSON (`{"input": {...}}`) for a local picture, for `handler.py --test_input_file` or curl.
 
-    python scripts/make_request.py examples/lantern.png --shape-model silhouette --texture-size 1024
+    python scripts/make_request.py examples/lantern.png --shape-model silhouette --texture-size 1024 -o job.json
+    python handler.py --test_input_file job.json
+    curl ... -d @job.json
+
+Without -o the JSON goes to stdout. Standard library only: any python3 runs it.
 """
 from __future__ import annotations
 
@@ -45,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texture-size", dest="texture_size", type=int)
     parser.add_argument("--output-prefix", dest="output_prefix")
     parser.add_argument("--no-texture", action="store_true")
+    parser.add_argument("-o", "--output", help="write the job JSON to this file instead of stdout")
     args = parser.parse_args(argv)
-    json.dump(build_request(args), sys.stdout)
-    sys.stdout.write("\n")
+    text = json.dumps(build_request(args)) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output} ({len(text) / 1024:.0f} KiB)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -143,3 +143,33 @@ def test_cancel_stops_a_running_job(local_services) -> None:
 
     result = run_job("cancelled", fast_request(), services=local_services, progress=progress, cancel=cancel)
     assert set(result) == {"error"} and "cancelled" in result["error"]
+
+
+def test_test_input_file_hands_the_sdk_a_big_request(tmp_path: Path) -> None:
+    """`--test_input_file job.json` becomes the SDK's `--test_input <text>`: sys.argv is a Python list, so a
+    request far over Linux's 128 KiB argument cap goes through."""
+    import runpod.serverless as sdk
+
+    from handler import expand_test_input_file
+
+    job = {"input": {"image_base64": "A" * 400_000, "shape_model": "silhouette"}}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    for argv in (["--test_input_file", str(path)], [f"--test_input_file={path}"]):
+        expanded = expand_test_input_file(["--rp_log_level", "INFO", *argv])
+        args, unknown = sdk.parser.parse_known_args(expanded)  # exactly how runpod.serverless.start reads argv
+        assert json.loads(args.test_input) == job and args.rp_log_level == "INFO" and unknown == []
+    assert expand_test_input_file(["--test_input", "{}"]) == ["--test_input", "{}"]
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (None, "No such file"), ("not json", "not JSON"), ('{"image_base64": "AAAA"}', 'expected a job {"input"'),
+])
+def test_test_input_file_problems_are_named(tmp_path: Path, content: str | None, reason: str) -> None:
+    from handler import expand_test_input_file
+
+    path = tmp_path / "job.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=reason.replace("{", r"\{")):
+        expand_test_input_file(["--test_input_file", str(path)])
