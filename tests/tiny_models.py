@@ -207,10 +207,12 @@ def _save(folder: Path, config: dict[str, Any], state: dict[str, torch.Tensor]) 
     save_file(tensors, str(folder / "model.fp16.safetensors"))
 
 
-def write_dit(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.0) -> Path:
-    """Write a tiny DiT folder: one safetensors file with model./vae./conditioner. prefixed keys."""
-    config = dit_config(spec.name)
-    parts = build_parts(config, seed=seed, tilt=tilt)
+def write_dit(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.0, size: str = "tiny",
+              gain: float = DEFAULT_GAIN) -> Path:
+    """Write a DiT folder (tiny, or `size` "real": Tencent's dimensions, random weights): one safetensors file
+    with model./vae./conditioner. prefixed keys."""
+    config = dit_config(spec.name, size)
+    parts = build_parts(config, seed=seed, tilt=tilt, gain=gain)
     state = {}
     for prefix in ("model", "vae", "conditioner"):
         state.update({f"{prefix}.{key}": value for key, value in parts[prefix].state_dict().items()})
@@ -219,20 +221,21 @@ def write_dit(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.
     return folder
 
 
-def write_vae(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.0) -> Path:
-    """Write a tiny stand-alone ShapeVAE folder for VAE spec `spec` (config `target`/`params`, unprefixed
-    keys)."""
-    config = vae_config(spec.name)
-    vae = build_vae(config, seed=seed, tilt=tilt)
+def write_vae(spec: ModelSpec, models_dir: Path, seed: int = 0, tilt: float = 0.0, size: str = "tiny",
+              gain: float = DEFAULT_GAIN) -> Path:
+    """Write a stand-alone ShapeVAE folder for VAE spec `spec` (config `target`/`params`, unprefixed keys)."""
+    config = vae_config(spec.name, size)
+    vae = build_vae(config, seed=seed, tilt=tilt, gain=gain)
     folder = model_dir(spec, models_dir)
     _save(folder, config, vae.state_dict())
     return folder
 
 
-def install_shape_model(models_dir: Path, name: str, seed: int = 0, tilt: float = 0.0) -> list[Path]:
+def install_shape_model(models_dir: Path, name: str, seed: int = 0, tilt: float = 0.0, size: str = "tiny",
+                        gain: float = DEFAULT_GAIN) -> list[Path]:
     """Write shape model `name` and every model it requires under `models_dir`; return the folders."""
     folders = []
     for spec in with_requirements(name):
         writer = write_vae if spec.kind == "vae" else write_dit
-        folders.append(writer(spec, models_dir, seed=seed, tilt=tilt))
+        folders.append(writer(spec, models_dir, seed=seed, tilt=tilt, size=size, gain=gain))
     return folders
