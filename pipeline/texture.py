@@ -10,12 +10,13 @@ import torch
 
 from pipeline.bake import TexelSurface, bake_ao, bake_normal_map, tangent_frames, texel_surface
 from pipeline.context import StageContext
+from pipeline.dilation import dilate
 from pipeline.errors import ModelUnavailableError
 from pipeline.render.geometry import vertex_normals
 from pipeline.render.projection import MIRROR_WEIGHT, fill_unseen, mirrored_back, project_views
 from pipeline.request import JobRequest
 from pipeline.types import VIEW_NAMES, MeshData, MeshResult, PreparedView, TexturedMesh, ViewSet, angled_view_name
-from pipeline.uv import dilate, unwrap
+from pipeline.uv import unwrap
 
 if TYPE_CHECKING:
     from models.manager import ModelManager
