@@ -35,9 +35,10 @@ UNTEXTURED_BASE_COLOR = (0.8, 0.8, 0.8, 1.0)
 
 GLB_CONTENT_TYPE = "model/gltf-binary"
 PNG_CONTENT_TYPE = "image/png"
-# zlib level, by bench/export_cpu.py on a real job's 2048 maps (BENCHMARKS.md): level 4 deflates them in a third
-# of level 6's time (0.64 s against 1.85 s of CPU) for 10 % larger files (4.00 MB against 3.65 MB), still 4 %
-# over Pillow's level-6 files of before; levels 1-3 gain little more time for 12-38 % larger files.
+# zlib level, by bench/export_cpu.py on a real job's 2048 maps + 7 views (BENCHMARKS.md): level 4 takes 0.37 s
+# of CPU against level 6's 1.05 s (2.8x) for 8 % more bytes (4.87 MB against 4.50 MB), 4.5 % over the Pillow
+# level-6 files of before (4.66 MB, 1.48 s). Level 5 is only 2x faster than 6; levels 1-3 are 19-33 % larger.
+# A uniform 2048 map (roughness, metallic) takes 12 ms.
 PNG_COMPRESS_LEVEL = 4
 ENCODE_THREADS = min(32, os.cpu_count() or 1)  # the encoders' thread pool; zlib releases the GIL
 
