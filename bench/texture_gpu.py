@@ -34,7 +34,7 @@ from models.cuda_graphs import graph_forward
 from pipeline import meshops
 from pipeline.bake import bake_ao, bake_normal_map, tangent_frames, texel_surface
 from pipeline.context import Deadline, StageContext
-from pipeline.paint import fill_all
+from pipeline.dilation import dilate_maps
 from pipeline.paint_bake import fill_unseen, merge_views
 from pipeline.paint_diffusion import delight, generate_views
 from pipeline.paint_views import (
@@ -119,7 +119,8 @@ def run_once(models: Any, front: PreparedView, low: tuple[np.ndarray, ...], dens
     covered = surface.mask.cpu().numpy()
     filled = _timed(device, times, "fill_unseen", lambda: fill_unseen(
         texture.cpu().numpy(), seen.cpu().numpy(), covered, surface.position.cpu().numpy()))
-    _timed(device, times, "fill_gutters", lambda: fill_all(filled, covered, device))
+    _timed(device, times, "fill_gutters",
+           lambda: dilate_maps({"albedo": filled}, covered, pixels=args.size, device=device))
     times["fill"] = times["fill_unseen"] + times["fill_gutters"]
     _timed(device, times, "uv_raster", lambda: rasterize_uv(torch.as_tensor(uvs, device=device), faces_t, args.size))
     world_normals = meshops.vertex_normals(vertices, faces)

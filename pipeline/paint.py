@@ -18,8 +18,9 @@ from models.paint_loader import PaintModels
 from models.registry import get_spec
 from pipeline.bake import texel_surface
 from pipeline.context import StageContext
+from pipeline.dilation import dilate_maps
 from pipeline.errors import InputError
-from pipeline.paint_bake import fill_gutters, fill_unseen, merge_views
+from pipeline.paint_bake import fill_unseen, merge_views
 from pipeline.paint_diffusion import delight, generate_views
 from pipeline.paint_views import (
     VIEW_AZIMUTHS,
@@ -32,7 +33,6 @@ from pipeline.paint_views import (
     welded_vertex_normals,
 )
 from pipeline.types import PreparedView, angled_view_name
-from pipeline.uv import dilate
 
 MAX_STEPS = 100
 
@@ -46,17 +46,6 @@ def describe_models(models: PaintModels) -> dict[str, dict[str, Any]]:
                "dtype": str(models.dtype).removeprefix("torch."), "device": models.device, "licence": spec.licence}
         for role, spec in roles.items()
     }
-
-
-def fill_all(
-    image: np.ndarray,  # [S, S, C]
-    covered: np.ndarray,  # [S, S] bool
-    device: str,
-) -> np.ndarray:  # [S, S, C]: texels off the charts copy the nearest chart texel (seam dilation)
-    """Jump flooding on a GPU (milliseconds at 2048), the exact distance transform on the CPU (faster there)."""
-    if str(device).startswith("cuda"):
-        return fill_gutters(torch.as_tensor(image, device=device), torch.as_tensor(covered, device=device)).cpu().numpy()
-    return dilate(image, covered, pixels=max(image.shape[:2]))
 
 
 @dataclass
@@ -110,9 +99,11 @@ def bake_painted_views(
     ctx: StageContext,
     seed: int,
     device: str,
+    fill_gutters: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:  # (albedo [S, S, 3] uint8 sRGB, info)
     """Back-project the painted views into the UV atlas (depth test, cos^4 weights), fill unseen texels with
-    the nearest seen colour and texels between charts by dilation. info as `paint_albedo`'s."""
+    the nearest seen colour and (`fill_gutters`) texels between charts by dilation; the texture stage leaves
+    the gutters to its one dilation of every map. info as `paint_albedo`'s."""
     ctx.report(0.8, "projecting views onto the texture")
     with ctx.timed("back_projection"):
         normalized, _, _ = normalize_for_views(vertices)
@@ -129,7 +120,9 @@ def bake_painted_views(
         covered = surface.mask.cpu().numpy()
         seen_np = seen.cpu().numpy()
         filled = fill_unseen(texture.cpu().numpy(), seen_np, covered, surface.position.cpu().numpy(), seed=seed)
-        albedo_u8 = np.round(np.clip(fill_all(filled, covered, device), 0.0, 1.0) * 255.0).astype(np.uint8)
+        if fill_gutters:
+            filled = dilate_maps({"albedo": filled}, covered, pixels=texture_size, device=device)["albedo"]
+        albedo_u8 = np.round(np.clip(filled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
     images = {"delit_front": painted.reference}
     for (azimuth, elevation), view in zip(zip(VIEW_AZIMUTHS, VIEW_ELEVATIONS), painted.views):

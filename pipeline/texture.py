@@ -9,12 +9,13 @@ import torch
 
 from pipeline.bake import TexelSurface, bake_ao, bake_normal_map, tangent_frames, texel_surface
 from pipeline.context import StageContext
+from pipeline.dilation import dilate_maps
 from pipeline.errors import ModelUnavailableError
 from pipeline.render.geometry import vertex_normals
 from pipeline.render.projection import MIRROR_WEIGHT, fill_unseen, mirrored_back, project_views
 from pipeline.request import JobRequest
 from pipeline.types import VIEW_NAMES, MeshData, MeshResult, PreparedView, TexturedMesh, ViewSet, angled_view_name
-from pipeline.uv import dilate, start_unwrap
+from pipeline.uv import start_unwrap
 
 if TYPE_CHECKING:
     from models.manager import ModelManager
@@ -163,14 +164,11 @@ def run_texture_stage(
 
         albedo, albedo_info = bake_painted_views(
             painted, vertices, faces, uvs, texture_size=size, models=loaded, ctx=_span(ctx, 0.3, 0.45),
-            seed=request.seed, device=device,
+            seed=request.seed, device=device, fill_gutters=False,
         )
         albedo_info["method"] = request.texture_model
         generated_views = _generated_views(request, albedo_info)
         albedo_models = albedo_info.pop("models", {})
-        albedo = albedo.reshape(-1, 3)
-        albedo[~coverage.reshape(-1)] = 0  # outside the charts is refilled by dilation below
-        albedo = albedo.reshape(size, size, 3)
     else:
         ctx.report(0.3, "projecting views")
         with ctx.timed("projection"):
@@ -190,12 +188,8 @@ def run_texture_stage(
 
     ctx.report(0.95, "packing maps")
     # every empty texel is filled (pixels=size), so mipmaps and bilinear filtering never read an empty one
-    with ctx.timed("dilation"):
-        maps = {
-            "albedo": dilate(albedo, coverage, pixels=size),
-            "normal": dilate(normal, coverage, pixels=size),
-            "ao": dilate(ao, coverage, pixels=size),
-        }
+    with ctx.timed("dilation"):  # one nearest-texel search for the three maps
+        maps = dilate_maps({"albedo": albedo, "normal": normal, "ao": ao}, surface.mask, pixels=size, device=device)
     maps["roughness"] = _uniform(request.roughness, size)
     maps["metallic"] = _uniform(request.metallic, size)
     maps["orm"] = np.stack([maps["ao"], maps["roughness"], maps["metallic"]], axis=-1)

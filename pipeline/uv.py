@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from pipeline.context import StageContext
 from pipeline.errors import StageError
@@ -121,23 +120,6 @@ def unwrap(
     vmapping [V'] int64: the original vertex of each new vertex). Vertices are split along seams.
     """
     return start_unwrap(mesh, texture_size=texture_size, stage=ctx.stage).wait(ctx)
-
-
-def dilate(
-    image: np.ndarray,  # [S, S, C] or [S, S]
-    coverage: np.ndarray,  # [S, S] bool, texels holding real values
-    *,
-    pixels: int,
-) -> np.ndarray:
-    """Copy each uncovered texel within `pixels` of a covered one from its nearest covered texel, so bilinear
-    filtering and mipmaps across chart borders never read empty texels. Covered texels are unchanged."""
-    if coverage.all() or not coverage.any():
-        return image.copy()
-    distance, (rows, cols) = ndimage.distance_transform_edt(~coverage, return_indices=True)
-    fill = (~coverage) & (distance <= pixels)
-    out = image.copy()
-    out[fill] = image[rows[fill], cols[fill]]
-    return out
 
 
 if __name__ == "__main__":

@@ -265,3 +265,23 @@ def test_export_stops_when_the_deadline_has_passed(spot: TexturedMesh, tmp_path:
     with pytest.raises(JobCancelled):
         ctx = StageContext(stage="export", deadline=deadline)
         export_bundle(spot, example_views(), tmp_path / "cancelled", ctx=ctx)
+
+
+def test_parallel_encoding_writes_the_files_sequential_encoding_writes(
+    spot: TexturedMesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same bytes with one encoder thread as with several, and every image is encoded once (the GLB embeds
+    the bytes made for textures/: the single-image encoder is never called)."""
+    from pipeline import export
+
+    def not_again(image: np.ndarray) -> bytes:
+        raise AssertionError("an image was encoded a second time")
+
+    monkeypatch.setattr(export, "encode_png", not_again)
+    monkeypatch.setattr(export, "ENCODE_THREADS", 4)
+    parallel = export_bundle(spot, example_views(), tmp_path / "parallel", ctx=_ctx())
+    monkeypatch.setattr(export, "ENCODE_THREADS", 1)
+    sequential = export_bundle(spot, example_views(), tmp_path / "sequential", ctx=_ctx())
+    assert [f.key for f in parallel] == [f.key for f in sequential]
+    for a, b in zip(parallel, sequential):
+        assert a.path.read_bytes() == b.path.read_bytes(), a.key

@@ -16,9 +16,10 @@ from models.manager import ModelManager
 from models.paint_loader import forget, paint_models
 from pipeline.bake import texel_surface
 from pipeline.context import Deadline, StageContext
+from pipeline.dilation import dilate
 from pipeline.errors import JobCancelled, ModelUnavailableError
 from pipeline.paint import paint_albedo
-from pipeline.paint_bake import fill_gutters, fill_unseen, merge_views
+from pipeline.paint_bake import fill_unseen, merge_views
 from pipeline.paint_diffusion import recenter, turbo_timesteps
 from pipeline.paint_views import (
     CAMERA_DISTANCE,
@@ -37,7 +38,6 @@ from pipeline.paint_views import (
 from pipeline.render.camera import project_points
 from pipeline.render.raster import rasterize_uv
 from pipeline.types import PreparedView
-from pipeline.uv import dilate
 from tests.tiny_paint_models import TINY_VIEW_SIZE, install_paint_models
 from utils.settings import Settings
 
@@ -188,20 +188,6 @@ def test_fill_takes_nearest_seen_colour() -> None:
     covered[:, 14:] = False
     filled = fill_unseen(texture, seen, covered, positions, neighbours=1)
     assert np.allclose(filled[:, 8:14], (1.0, 0.0, 0.0)) and np.allclose(filled[:, 14:], 0.0)
-
-
-def test_jump_flooding_fills_from_nearly_nearest_texel() -> None:
-    """Every texel takes the value of a covered texel at most about a texel further than the nearest one."""
-    from scipy import ndimage
-
-    size = 96
-    covered = np.random.default_rng(2).random((size, size)) < 0.01
-    index = np.arange(size * size, dtype=np.float64).reshape(size, size, 1)
-    source = fill_gutters(torch.as_tensor(index), torch.as_tensor(covered)).numpy()[..., 0].astype(np.int64)
-    assert covered.reshape(-1)[source].all() and np.array_equal(source[covered], index[covered][:, 0])
-    rows, cols = np.indices((size, size))
-    chosen = np.hypot(rows - source // size, cols - source % size)
-    assert (chosen - ndimage.distance_transform_edt(~covered)).max() < 1.5
 
 
 def test_recenter_pads_the_object_like_upstream() -> None:

@@ -1,4 +1,4 @@
-"""UV unwrapping (xatlas in a killable child process) and texel dilation."""
+"""UV unwrapping (xatlas in a killable child process)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ from pipeline.context import Deadline, StageContext
 from pipeline.errors import JobTimeout, StageError
 from pipeline.render.raster import rasterize_uv
 from pipeline.types import MeshData
-from pipeline.uv import chart_padding, dilate, unwrap
+from pipeline.uv import chart_padding, unwrap
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -59,23 +59,6 @@ def test_unwrap_is_killed_at_the_deadline() -> None:
 def test_chart_padding_grows_with_texture_size() -> None:
     assert chart_padding(512) == 2
     assert chart_padding(4096) == 16
-
-
-def test_dilate_fills_near_texels_and_keeps_covered_ones() -> None:
-    rng = np.random.default_rng(0)
-    image = np.zeros((32, 32, 3), np.uint8)
-    coverage = np.zeros((32, 32), bool)
-    coverage[8:16, 8:16] = True
-    image[coverage] = rng.integers(1, 255, (64, 3), dtype=np.uint8)
-    out = dilate(image, coverage, pixels=3)
-    assert np.array_equal(out[coverage], image[coverage])
-    assert (out[5:19, 8:16] > 0).all() and (out[8:16, 5:19] > 0).all()  # within 3 texels: filled
-    assert (out[:4] == 0).all() and (out[:, 20:] == 0).all()  # further away stays as it was
-    # a filled texel copies its nearest covered neighbour
-    assert np.array_equal(out[8, 6], image[8, 8])
-    assert np.array_equal(out[17, 17], image[15, 15])
-    single = dilate(image[..., 0], coverage, pixels=100)
-    assert (single > 0).all()
 
 
 def test_unwrap_failure_is_a_stage_error() -> None:
