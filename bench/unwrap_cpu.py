@@ -13,8 +13,7 @@ surface area, so the scale matters) and reduced with `meshops.decimate` to --tar
   shape model's decoder makes of a lumpy object.
 Each row is `unwrap(..., parts=P)` (the real function, child process included): the median wall seconds of
 --repeats runs, the child's CPU seconds (user + sys: the total work, what more cores can share), the
-atlas
-quality of `pipeline.uv.uv_quality` (charts, coverage = fraction of texels inside charts at the texture size,
+atlas quality of `pipeline.uv.uv_quality` (charts, coverage = fraction of texels inside charts at the texture size,
 seam edges = original edges the unwrap split), the vertices after splitting, and the UV stretch: Sander's L2
 stretch of each face with the atlas scaled to the surface's area (1 = no distortion), area-weighted RMS over
 the mesh and its maximum. "pack s" is xatlas packing the unwrap's own charts again (add_uv_mesh, same
@@ -179,7 +178,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"{result['target_faces']} faces, {result['texture_size']}² atlas, {result['cores']} cores "
              f"({result['cpu']}), default parts {result['default_parts']}, median of {result['repeats']}", "",
-             "| mesh | parts | seconds | CPU s | pack s | charts | coverage | seam edges | vertices | stretch mean | stretch max |",
+             "| mesh | parts | seconds | CPU s | pack s | charts | coverage | seam edges | vertices | stretch mean "
+             "| stretch max |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in result["meshes"].items():
         lines += [f"| {name} | {r['parts']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['pack_seconds']:.2f} | "

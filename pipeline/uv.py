@@ -1,4 +1,5 @@
-"""UV unwrapping with xatlas (in a child process the deadline can kill) and texel dilation."""
+"""UV unwrapping with xatlas (in a child process the deadline can kill; the mesh in parts whose charts xatlas
+computes in parallel), the unwrap's quality figures for meta.json, and texel dilation."""
 from __future__ import annotations
 
 import os
