@@ -158,5 +158,9 @@ def test_uv_quality_counts_charts_seams_and_covered_texels() -> None:
     uvs = np.array([[0, 0], [0.5, 0], [0, 1], [1, 1], [1, 0], [0.5, 1]], np.float32) * [1, 0.5]
     quality = uv_quality(faces, uvs, vmapping, 64)
     assert quality == {"charts": 2, "coverage": pytest.approx(0.25, abs=0.02), "seam_edges": 1}
+    frags = rasterize_uv(torch.as_tensor(uvs), torch.as_tensor(faces), 64)
+    assert uv_quality(faces, uvs, vmapping, 64, covered=frags.mask.numpy()) == quality  # the caller's raster
+    with pytest.raises(ValueError, match="64"):
+        uv_quality(faces, uvs, vmapping, 64, covered=np.ones((32, 32), bool))
     assert seam_edges(np.array([[0, 1, 2], [2, 1, 3]]), np.arange(4)) == 0
     assert face_charts(np.array([[0, 1, 2], [2, 1, 3], [4, 5, 6]]))[0] == 2
