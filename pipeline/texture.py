@@ -15,7 +15,7 @@ from pipeline.render.geometry import vertex_normals
 from pipeline.render.projection import MIRROR_WEIGHT, fill_unseen, mirrored_back, project_views
 from pipeline.request import JobRequest
 from pipeline.types import VIEW_NAMES, MeshData, MeshResult, PreparedView, TexturedMesh, ViewSet, angled_view_name
-from pipeline.uv import start_unwrap
+from pipeline.uv import start_unwrap, uv_quality
 
 if TYPE_CHECKING:
     from models.manager import ModelManager
@@ -150,7 +150,8 @@ def run_texture_stage(
     finally:
         pending.cancel()
     ctx.steps["unwrap"] = pending.seconds
-    uv_info = {"method": "xatlas", "vertices": len(vertices), "seconds": pending.seconds}
+    uv_info: dict[str, Any] = {"method": "xatlas", "parts": pending.parts, "vertices": len(vertices),
+                               "seconds": pending.seconds}
     normals = vertex_normals(low.vertices, low.faces)[vmapping]  # unsplit normals: seams stay smooth
     tangents = tangent_frames(vertices, faces, uvs, normals)
 
@@ -158,6 +159,7 @@ def run_texture_stage(
     with ctx.timed("rasterise"):
         surface = texel_surface(vertices, faces, uvs, normals, size=size, device=device, ctx=ctx)
         coverage = surface.mask.cpu().numpy()
+    uv_info.update(uv_quality(faces, uvs, vmapping, size, covered=coverage))  # charts, coverage, seam edges
 
     if painted is not None and loaded is not None:
         from pipeline.paint import bake_painted_views
