@@ -72,13 +72,17 @@ def startup_checks() -> tuple[object, object]:
     The GPU is checked by each worker process as it starts (this process never touches CUDA)."""
     from utils.selfcheck import Problem, check_storage, check_weights, default_hf_caches, selfcheck_storage
     from utils.settings import Settings, SettingsError
+    from utils.storage import S3Storage
 
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         raise SystemExit(f"serve.py cannot start: settings: {exc}") from None
     problems = check_weights(settings, default_hf_caches()) + check_storage(settings, selfcheck_storage)
-    storage = selfcheck_storage(settings)  # short S3 timeouts: clean-ups of failed jobs never hang the server
+    # The server's own storage client (settling failed jobs' folders): short timeouts and few retries, so a
+    # hung endpoint holds a worker slot for seconds, not minutes (a failed settle is retried later).
+    storage = (S3Storage(settings, connect_timeout=3.0, read_timeout=5.0, max_attempts=2)
+               if settings.storage == "s3" else selfcheck_storage(settings))
     if not problems:
         try:
             write_probe(storage, f".serve-startup-check/{uuid.uuid4().hex}")

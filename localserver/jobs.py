@@ -92,6 +92,7 @@ class _Slot:
     state: str = "starting"  # starting | idle | running | failed
     pid: int | None = None
     error: str | None = None
+    job: str | None = None
 
 
 class JobQueue:
@@ -108,6 +109,7 @@ class JobQueue:
         grace_seconds: float = 10.0,
         cancel_grace: float = 1.0,
         start_timeout: float = 600.0,
+        settle_retry_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if workers < 1:
@@ -132,6 +134,9 @@ class JobQueue:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._last_sweep = 0.0
+        self._settle_retry = settle_retry_seconds
+        self._pending: dict[str, tuple[str, str, str, float]] = {}  # folders whose settling failed; retried
+        self._janitor: threading.Thread | None = None
         self.storage_state: dict[str, Any] = {"kind": storage.kind if storage else None, "ok": True}
         self.gpu: dict[str, Any] | None = None
         self._queued = store.count(IN_QUEUE)
@@ -266,7 +271,7 @@ class JobQueue:
                     "running": running,
                     "starting": sum(1 for s in self._slots if s.state in ("starting", "failed")),
                     "restarts": self._restarts,
-                    "processes": [{"pid": s.pid, "state": s.state} for s in self._slots],
+                    "processes": [{"pid": s.pid, "state": s.state, "job": s.job} for s in self._slots],
                 },
                 "storage": dict(self.storage_state),
                 "gpu": self.gpu,
@@ -336,6 +341,7 @@ class JobQueue:
                         self._queued -= 1
                         self._live[row.id] = _Live(id=row.id, prefix=row.prefix, slot=n)
                         self._slots[n].state = "running"
+                        self._slots[n].job = row.id
                         self._cond.notify_all()
                         return row
                     self._queued = 0
@@ -401,6 +407,7 @@ class JobQueue:
             status = live.stop_reason
             error = self._store.get(row.id).error if self._store.get(row.id) else None  # type: ignore[union-attr]
             del self._live[row.id]
+            self._slots[n].job = None
             self._cond.notify_all()
         if status != COMPLETED:
             self._settle(row.id, row.prefix, stage, error or status, seconds)
@@ -428,16 +435,34 @@ class JobQueue:
         self._cond.notify_all()
 
     def _settle(self, job_id: str, prefix: str, stage: str, message: str, seconds: float) -> None:
+        """Settle a job's folder now; when the storage fails (a hung or unreachable endpoint), keep it pending:
+        the janitor thread retries every `settle_retry_seconds` until it works."""
         if self._storage is None:
             return
         problem = settle_safely(self._storage, prefix, job_id=job_id, stage=stage, message=message, seconds=seconds)
         with self._cond:
             if problem is None:
-                self.storage_state = {"kind": self._storage.kind, "ok": True}
-            else:
-                log.error("job %s: could not settle its storage folder %s: %s", job_id, prefix, problem)
-                self.storage_state = {"kind": self._storage.kind, "ok": False, "error": problem,
-                                      "job": job_id}
+                if not self._pending:
+                    self.storage_state = {"kind": self._storage.kind, "ok": True}
+                return
+            log.error("job %s: could not settle its storage folder %s (will retry): %s", job_id, prefix, problem)
+            self.storage_state = {"kind": self._storage.kind, "ok": False, "error": problem, "job": job_id}
+            self._pending[job_id] = (prefix, stage, message, seconds)
+            if self._janitor is None:
+                self._janitor = threading.Thread(target=self._retry_pending, name="serve-janitor", daemon=True)
+                self._janitor.start()
+
+    def _retry_pending(self) -> None:
+        while True:
+            time.sleep(self._settle_retry)
+            with self._cond:
+                pending = list(self._pending.items())
+                if self._stopping and not pending:
+                    return
+            for job_id, (prefix, stage, message, seconds) in pending:
+                with self._cond:
+                    self._pending.pop(job_id, None)
+                self._settle(job_id, prefix, stage, message, seconds)
 
     # ------------------------------------------------------------ views
     def _sweep(self) -> None:

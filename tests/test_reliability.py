@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from localserver.jobs import (
@@ -52,6 +53,7 @@ def assert_folder_whole(root: Path, job_id: str, status: str) -> None:
         assert names == ["error.json"], (job_id, status, names)
         body = json.loads((folder / "error.json").read_text())
         assert body["job_id"] == job_id and body["status"] == "failed" and body["error"]
+        jsonschema.validate(body, json.loads((REPO / "schemas" / "error.schema.json").read_text()))
 
 
 # ---------------------------------------------------------------- in-process: JobQueue's supervision
@@ -166,6 +168,27 @@ def test_jobs_survive_a_restart_in_order(tmp_path: Path) -> None:
         store.close()
 
 
+def test_settling_an_s3_folder_leaves_only_error_json(s3_server: S3Server) -> None:  # noqa: F811
+    from localserver.bundles import list_keys, settle_failed
+    from utils.storage import S3Storage
+
+    storage = S3Storage(s3_server.settings(s3_prefix="bundles"))
+    storage.put_bytes("out/job-1/model.glb", b"glTF", "model/gltf-binary")
+    storage.put_bytes("out/job-1/textures/albedo.png", b"png", "image/png")
+    storage.put_bytes("out/job-10/meta.json", b"{}", "application/json")  # a neighbour with a longer id
+    client = s3_server.client()
+    client.create_multipart_upload(Bucket=s3_server.bucket, Key="bundles/out/job-1/views/front.png")
+    removed = settle_failed(storage, "out/job-1", job_id="job-1", stage="upload", message="connection reset",
+                            seconds=1.5)
+    assert removed == ["out/job-1/model.glb", "out/job-1/textures/albedo.png"]
+    assert list_keys(storage, "out/job-1") == ["out/job-1/error.json"]
+    assert list_keys(storage, "out/job-10") == ["out/job-10/meta.json"]
+    assert not client.list_multipart_uploads(Bucket=s3_server.bucket).get("Uploads")
+    body = json.loads(client.get_object(Bucket=s3_server.bucket, Key="bundles/out/job-1/error.json")["Body"].read())
+    assert body["error"] == "connection reset" and body["stage"] == "upload"
+    assert settle_failed(storage, "out/job-1", job_id="job-1", stage="upload", message="again", seconds=0) == []
+
+
 # ---------------------------------------------------------------- serve.py with real worker processes
 
 
@@ -247,10 +270,10 @@ def health(server: ServeProcess) -> dict[str, Any]:
     return server.call("GET", "/health")[1]
 
 
-def running_pid(server: ServeProcess) -> int:
-    running = [p["pid"] for p in health(server)["workers"]["processes"] if p["state"] == "running"]
-    assert len(running) == 1, health(server)
-    return running[0]
+def pid_running(server: ServeProcess, job: str) -> int:
+    slots = [p for p in health(server)["workers"]["processes"] if p["job"] == job]
+    assert len(slots) == 1 and slots[0]["state"] == "running", health(server)
+    return slots[0]["pid"]
 
 
 def wait_all_idle(server: ServeProcess, timeout: float = 120.0) -> dict[str, Any]:
@@ -271,7 +294,7 @@ def test_kill_9_of_a_worker_during_a_job(faulty: ServeProcess) -> None:
     wait_all_idle(faulty)
     job = submit(faulty, tiny())
     wait_for(faulty, job, in_stage("texture"))
-    pid = running_pid(faulty)
+    pid = pid_running(faulty, job)
     os.kill(pid, signal.SIGKILL)
     last = wait_for(faulty, job)
     assert last["status"] == FAILED and "SIGKILL" in last["error"], last
@@ -279,6 +302,9 @@ def test_kill_9_of_a_worker_during_a_job(faulty: ServeProcess) -> None:
     after = wait_all_idle(faulty)
     assert pid not in [p["pid"] for p in after["workers"]["processes"]]
     assert wait_for(faulty, submit(faulty, tiny()))["status"] == COMPLETED  # the new process works
+    # The server process itself never loaded torch (so never CUDA): the models live in the workers.
+    maps = Path(f"/proc/{faulty.process.pid}/maps").read_text()
+    assert "libtorch" not in maps and "libcuda" not in maps
 
 
 def test_a_native_crash_mid_upload_leaves_only_error_json(faulty: ServeProcess) -> None:
@@ -305,7 +331,7 @@ def test_cancel_during_a_slow_download_frees_the_worker(faulty: ServeProcess, dr
     job = submit(faulty, tiny(image_url=drip_url, image_base64=None))
     wait_for(faulty, job, in_stage("multiview"))
     time.sleep(0.5)  # inside the download, where no deadline check runs
-    pid = running_pid(faulty)
+    pid = pid_running(faulty, job)
     code, reply = faulty.call("POST", f"/cancel/{job}")
     assert code == 200 and reply["status"] == CANCELLED
     cancelled = time.monotonic()
@@ -321,7 +347,7 @@ def test_a_hung_job_past_its_execution_timeout_is_killed(faulty: ServeProcess) -
     wait_all_idle(faulty)
     job = submit(faulty, tiny(seed=HANG_SEED), policy={"executionTimeout": 2000})
     wait_for(faulty, job, in_stage("texture"))
-    pid = running_pid(faulty)
+    pid = pid_running(faulty, job)
     last = wait_for(faulty, job)
     assert last["status"] == TIMED_OUT and "executionTimeout" in last["error"], last
     after = wait_all_idle(faulty)
@@ -407,7 +433,7 @@ def test_restart_keeps_queued_jobs_and_settles_the_interrupted_one(tmp_path: Pat
     interrupted = submit(first, tiny(seed=HANG_SEED))
     queued = [submit(first, tiny(seed=n)) for n in range(3)]
     wait_for(first, interrupted, in_stage("texture"))
-    worker_pid = running_pid(first)
+    worker_pid = pid_running(first, interrupted)
     first.process.kill()  # kill -9 of the server: no chance to clean anything up
     first.process.wait()
     end = time.monotonic() + 10
@@ -480,3 +506,84 @@ def test_serve_refuses_to_start_on_broken_storage(tmp_path: Path, s3_server: S3S
     log = server.log()
     assert "cannot start" in log and words in log, log[-3000:]
     assert "worker 0 ready" not in log  # refused before any worker process started
+
+
+class _HangingProxy:
+    """A TCP proxy in front of the S3 server that can go silent: from the (n+1)-th PUT on, nothing passes in
+    either direction until `hang` is cleared (a storage endpoint that accepts connections and never answers)."""
+
+    def __init__(self, upstream: str) -> None:
+        from urllib.parse import urlsplit
+
+        import socket
+
+        self._socket_module = socket
+        self.upstream = (urlsplit(upstream).hostname, urlsplit(upstream).port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.hang = False
+        self.puts_before_hang: int | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = self._socket_module.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: Any, target: Any, from_client: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if from_client and data.startswith(b"PUT ") and self.puts_before_hang is not None:
+                    if self.puts_before_hang == 0:
+                        self.hang = True
+                        self.puts_before_hang = None
+                    else:
+                        self.puts_before_hang -= 1
+                if not self.hang:
+                    target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_storage_endpoint_that_hangs_mid_upload(tmp_path: Path, s3_server: S3Server) -> None:  # noqa: F811
+    """The job is killed at MAX_SECONDS + grace however long each storage call would wait; what it had uploaded
+    is removed (once the endpoint answers again) and error.json is left."""
+    proxy = _HangingProxy(s3_server.endpoint_url)
+    env = s3_server.env(S3_ENDPOINT_URL=proxy.url, AWS_EC2_METADATA_DISABLED="true", MAX_SECONDS="20")
+    server = start_server(tmp_path, env=env, args=("--grace-seconds", "1"))
+    try:
+        wait_healthy(server)
+        proxy.puts_before_hang = 1  # model.glb lands, then the endpoint goes silent
+        job = submit(server, tiny(texture=False))
+        last = wait_for(server, job, timeout=120)
+        assert last["status"] == TIMED_OUT and "MAX_SECONDS" in last["error"], last
+        assert last["executionTime"] < 30_000, last  # 20 s cap + 1 s grace + supervision, not minutes of retries
+        end = time.monotonic() + 60
+        while health(server)["storage"]["ok"] and time.monotonic() < end:
+            time.sleep(0.2)
+        assert health(server)["storage"]["ok"] is False  # the settle could not reach the storage either
+        proxy.hang = False
+        while not health(server)["storage"]["ok"]:
+            assert time.monotonic() < end + 60, health(server)
+            time.sleep(0.2)
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(
+            Bucket=s3_server.bucket, Prefix=f"{job}/").get("Contents", [])]
+        assert keys == [f"{job}/error.json"], keys
+    finally:
+        proxy.hang = False
+        stop_server(server)
+        proxy.close()
