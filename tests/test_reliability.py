@@ -227,7 +227,7 @@ FAULT_ENV = {
     "FAULT_HANG_SEEDS": str(HANG_SEED),
     "ALLOW_PRIVATE_URLS": "1",
     "FETCH_TIMEOUT_SECONDS": "4",
-    "MAX_SECONDS": "60",
+    "MAX_SECONDS": "300",  # a generous cap: a busy shared CI machine must not turn plain jobs into TIMED_OUT
 }
 
 
@@ -402,7 +402,7 @@ def test_limits_answer_4xx_in_the_error_shape(faulty: ServeProcess) -> None:
 def test_two_workers_many_jobs_with_faults_nothing_lost(faulty: ServeProcess) -> None:
     wait_all_idle(faulty)
     plan: list[tuple[dict[str, Any], dict[str, Any], set[str]]] = []
-    for n in range(6):
+    for n in range(4):
         plan.append((tiny(seed=n), {}, {COMPLETED}))
     plan.insert(1, (tiny(seed=ABORT_SEED), {}, {FAILED}))
     plan.insert(4, (tiny(seed=ABORT_SEED), {}, {FAILED}))
