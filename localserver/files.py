@@ -41,9 +41,14 @@ def rewrite_file_urls(value: Any, root: Path, base_url: str) -> Any:
 
 def resolve_file(root: Path, key: str) -> Path | None:
     """The file a /files/<key> request names, or None when it is missing or outside `root`."""
+    if any(ord(c) < 32 for c in key):  # NUL and other control characters name no file (and NUL would raise)
+        return None
     root = root.resolve()
-    path = (root / key).resolve()
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = (root / key).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+    except (OSError, ValueError):  # a name too long for the file system, ...
         return None
     # Partial writes (".<name>.*.part") are not part of a bundle yet.
     if path.name.startswith("."):

@@ -87,30 +87,44 @@ def worker_env(tmp: Path, extra: Mapping[str, str] = ()) -> dict[str, str]:
 
 @contextmanager
 def running_server(tmp: Path, *, env: Mapping[str, str] = (), token: str | None = None,
-                   args: tuple[str, ...] = ()) -> Iterator[ServeProcess]:
-    """Start serve.py, wait until /health answers, stop it (SIGTERM, then SIGKILL) on exit."""
-    port = free_port()
+                   args: tuple[str, ...] = (), port: int | None = None) -> Iterator[ServeProcess]:
+    """Start serve.py, wait until /health answers, stop it (SIGTERM, then SIGKILL) on exit.
+    Its job database is `tmp`/jobs.sqlite3 unless `args` name another --db (a restart in the same `tmp`
+    finds the jobs the last server left)."""
+    server = start_server(tmp, env=env, token=token, args=args, port=port)
+    try:
+        wait_healthy(server)
+        yield server
+    finally:
+        stop_server(server)
+
+
+def start_server(tmp: Path, *, env: Mapping[str, str] = (), token: str | None = None,
+                 args: tuple[str, ...] = (), port: int | None = None) -> ServeProcess:
+    port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     log_path = tmp / f"serve-{port}.log"
     command = [sys.executable, str(REPO / "serve.py"), "--host", "127.0.0.1", "--port", str(port), *args]
+    if "--db" not in args:
+        command += ["--db", str(tmp / "jobs.sqlite3")]
     if token:
         command += ["--token", token]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=REPO, env=worker_env(tmp, env), stdout=log, stderr=subprocess.STDOUT)
-    server = ServeProcess(url=f"http://127.0.0.1:{port}", token=token, log_path=log_path, process=process)
+    return ServeProcess(url=f"http://127.0.0.1:{port}", token=token, log_path=log_path, process=process)
+
+
+def stop_server(server: ServeProcess, timeout: float = 20.0) -> int:
+    """SIGTERM (the server drains its running jobs), then SIGKILL; the exit status."""
+    server.process.terminate()
     try:
-        _wait_healthy(server)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        return server.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        return server.process.wait()
 
 
-def _wait_healthy(server: ServeProcess) -> None:
+def wait_healthy(server: ServeProcess) -> None:
     end = time.monotonic() + START_SECONDS
     while time.monotonic() < end:
         if server.process.poll() is not None:

@@ -1,7 +1,6 @@
 """serve.py against its contract: RunPod's endpoint API over HTTP, with the real handler in a subprocess."""
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Iterator
@@ -13,8 +12,11 @@ import pytest
 
 from localserver.files import resolve_file, rewrite_file_urls
 from localserver.jobs import FAILED, TERMINAL, JobQueue
+from localserver.store import JobStore
+from tests.fake_worker import FakeWorker
 from tests.helpers import example_bytes, fast_request
 from tests.serve_process import ServeProcess, running_server
+from utils.storage import LocalStorage
 
 TOKEN = "test-token-123"
 
@@ -73,9 +75,10 @@ def test_token_is_required(server: ServeProcess) -> None:
         assert code == 401
     code, reply = server.call("GET", "/health")
     assert code == 200
-    assert set(reply) == {"jobs", "workers"}
+    assert set(reply) == {"jobs", "workers", "storage", "gpu"}
     assert set(reply["jobs"]) == {"completed", "failed", "inProgress", "inQueue", "retried"}
-    assert set(reply["workers"]) == {"idle", "running"}
+    assert {"idle", "running"} <= set(reply["workers"])
+    assert reply["storage"] == {"kind": "local", "ok": True} and reply["gpu"]["device"] == "cpu"
 
 
 def test_job_completes_with_progress_and_http_urls(server: ServeProcess) -> None:
@@ -143,11 +146,15 @@ def test_purge_queue(server: ServeProcess) -> None:
 
 
 def test_failures_are_failed_with_a_string_error(server: ServeProcess) -> None:
-    job_id = run(server, {**quick(), "colour": "red"})
+    job_id = run(server, quick(image_base64=example_bytes("extinguisher.png")[:64].hex()))  # not an image
     last, _ = wait_until(server, job_id, finished)
     assert last["status"] == "FAILED"
-    assert isinstance(last["error"], str) and "colour" in last["error"]
+    assert isinstance(last["error"], str) and "image_base64" in last["error"]
     assert "output" not in last
+
+    # A request the worker would refuse is refused at submit time, naming the field, and never queued.
+    code, reply = server.call("POST", "/run", {"input": {**quick(), "colour": "red"}})
+    assert code == 400 and "colour" in reply["error"], reply
 
     code, reply = _post_raw(server, "/run", b"not json")
     assert code == 400 and "not valid JSON" in reply["error"]
@@ -175,7 +182,9 @@ def _post_raw(server: ServeProcess, route: str, data: bytes) -> tuple[int, Any]:
 
 def test_runsync_waits_and_execution_timeout_gives_timed_out(server: ServeProcess) -> None:
     code, reply = server.call("POST", "/runsync", {"input": {"image_base64": "", "target_faces": 5}})
-    assert code == 200 and reply["status"] == "FAILED" and "target_faces" in reply["error"]
+    assert code == 400 and "target_faces" in reply["error"]
+    code, reply = server.call("POST", "/runsync", {"input": quick(image_base64="AAAA")})
+    assert code == 200 and reply["status"] == "FAILED" and "image_base64" in reply["error"]
     assert {"id", "delayTime", "executionTime"} <= set(reply)
 
     code, reply = server.call("POST", "/runsync?wait=500", {"input": quick()})
@@ -195,14 +204,14 @@ def test_fifty_queued_jobs_none_lost(server: ServeProcess) -> None:
     image = example_bytes("extinguisher.png")[:64].hex()  # a distinct, invalid payload per job
 
     def submit(n: int) -> str:
-        return run(server, {"image_base64": image, "seed": n, "target_faces": 10})
+        return run(server, {"image_base64": image, "seed": n, "shape_model": "silhouette"})
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(submit, range(50)))
     assert len(set(ids)) == 50
     finals = [wait_until(server, j, finished, timeout=60)[0] for j in ids]
     assert [f["status"] for f in finals] == [FAILED] * 50
-    assert all("target_faces" in f["error"] for f in finals)
+    assert all("image_base64" in f["error"] for f in finals)
     after = server.call("GET", "/health")[1]
     assert after["jobs"]["failed"] - before["failed"] == 50
     assert after["jobs"]["inQueue"] == 0 and after["jobs"]["inProgress"] == 0
@@ -210,7 +219,7 @@ def test_fifty_queued_jobs_none_lost(server: ServeProcess) -> None:
     while after["workers"]["running"] and time.monotonic() < end:
         time.sleep(0.05)
         after = server.call("GET", "/health")[1]
-    assert after["workers"] == {"idle": 1, "running": 0}
+    assert (after["workers"]["idle"], after["workers"]["running"]) == (1, 0)
 
 
 # ---------------------------------------------------------------- in-process pieces
@@ -236,23 +245,25 @@ def test_resolve_file_stays_in_the_root(tmp_path: Path) -> None:
     assert resolve_file(root, "../secret.txt") is None
     assert resolve_file(root, "job/.model.glb.x.part") is None
     assert resolve_file(root, "job") is None
+    assert resolve_file(root, "job/\x00meta.json") is None and resolve_file(root, "a" * 5000) is None
 
 
-def test_finished_jobs_are_forgotten_after_keep_seconds(local_services: Any) -> None:
-    import handler
-
+def test_finished_jobs_are_forgotten_after_keep_seconds(tmp_path: Path) -> None:
     now = [1000.0]
-    queue = JobQueue(functools.partial(handler.run_job, services=local_services), keep_seconds=60,
+    root = tmp_path / "out"
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    queue = JobQueue(store, lambda n: FakeWorker(n, root), storage=LocalStorage(root), keep_seconds=60,
                      clock=lambda: now[0])
     queue.start()
     try:
-        view = queue.submit({"image_base64": "", "target_faces": 5})
+        view = queue.submit({"behave": "fail"})
         done = queue.wait(view.id, timeout=30)
-        assert done is not None and done.status == FAILED and "target_faces" in done.error
+        assert done is not None and done.status == FAILED and "no surface" in done.error
         now[0] += 59
         assert queue.get(view.id) is not None
         now[0] += 2
         assert queue.get(view.id) is None
         assert queue.health()["jobs"]["failed"] == 1
     finally:
-        queue.stop()
+        queue.stop(drain_seconds=0)
+        store.close()

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from botocore.exceptions import BotoCoreError, ClientError
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -335,12 +336,17 @@ class Fetcher:
         timeout = self.settings.fetch_timeout_seconds
 
         def chunks() -> Iterator[bytes]:
+            # read1 returns what one socket read brings (iter_content would wait for a whole chunk): a server
+            # that drips a byte a second cannot keep the download going past the total time bound.
             try:
-                for chunk in response.iter_content(CHUNK_BYTES):
+                while True:
                     if time.monotonic() - started > timeout:
                         raise InputError(field, f"download from {safe_url(url)} took longer than {timeout:g} s")
+                    chunk = response.raw.read1(CHUNK_BYTES)
+                    if not chunk:
+                        return
                     yield chunk
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise InputError(field, f"download from {safe_url(url)} failed ({type(exc).__name__})") from None
 
         return _read_limited(chunks(), field, self.max_bytes, safe_url(url))
