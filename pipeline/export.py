@@ -321,25 +321,28 @@ def export_bundle(textured: TexturedMesh, views: ViewSet, out_dir: Path, *, ctx:
         try:
             textures: list[BundleFile] = []
             encoded: dict[str, bytes] = {}
-            for name, image in maps.items():
-                encoded[name] = next(pngs)
-                info = _image_info(image, "sRGB" if name == "albedo" else "linear")
-                textures.append(_write_png(out_dir, f"textures/{name}.png", encoded[name], info))
-                done += 1
-                ctx.report(done / steps, f"wrote textures/{name}.png")
+            with ctx.timed("maps_png"):  # waiting for the maps' encodes, and writing them
+                for name, image in maps.items():
+                    encoded[name] = next(pngs)
+                    info = _image_info(image, "sRGB" if name == "albedo" else "linear")
+                    textures.append(_write_png(out_dir, f"textures/{name}.png", encoded[name], info))
+                    done += 1
+                    ctx.report(done / steps, f"wrote textures/{name}.png")
 
-            glb_path = out_dir / "model.glb"
-            mesh_info = write_glb(textured, glb_path, encoded=encoded)
-            glb = _record("model.glb", glb_path, GLB_CONTENT_TYPE, glb_path.read_bytes(), mesh_info)
+            with ctx.timed("glb"):
+                glb_path = out_dir / "model.glb"
+                mesh_info = write_glb(textured, glb_path, encoded=encoded)
+                glb = _record("model.glb", glb_path, GLB_CONTENT_TYPE, glb_path.read_bytes(), mesh_info)
             done += 1
             ctx.report(done / steps, "wrote model.glb")
 
             view_files: list[BundleFile] = []
-            for name, view in views.views.items():
-                info = _image_info(view.rgba, "sRGB")
-                view_files.append(_write_png(out_dir, f"views/{name}.png", next(pngs), info))
-                done += 1
-                ctx.report(done / steps, f"wrote views/{name}.png")
+            with ctx.timed("views_png"):
+                for name, view in views.views.items():
+                    info = _image_info(view.rgba, "sRGB")
+                    view_files.append(_write_png(out_dir, f"views/{name}.png", next(pngs), info))
+                    done += 1
+                    ctx.report(done / steps, f"wrote views/{name}.png")
         finally:
             pngs.close()
     return [glb, *textures, *view_files]

@@ -102,6 +102,7 @@ def check_bundle(services: Services, job_id: str, result: dict[str, Any]) -> dic
     assert {"fetch", "background"} <= set(steps["multiview"])
     assert {"extract", "cleanup"} <= set(steps["mesh"])
     assert {"unwrap", "rasterise", "normal_bake", "ao_bake", "dilation"} <= set(steps["texture"])
+    assert {"maps_png", "glb", "views_png"} <= set(steps["export"])
     assert "files" in steps["upload"]
     return meta
 
