@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.drip_server import drip_handler  # noqa: E402
 from tests.helpers import fast_request  # noqa: E402
 from tests.serve_process import ServeProcess, start_server, stop_server, wait_healthy  # noqa: E402
 
@@ -41,22 +42,7 @@ ABORT_SEED, HANG_SEED = 7001, 7002
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
-class _Drip(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", "100000")
-        self.end_headers()
-        for _ in range(1200):
-            try:
-                self.wfile.write(b"\x89")
-                self.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.5)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+_Drip = drip_handler(1200)  # bytes at 0.5 s each: 600 s at most
 
 
 def tiny(**overrides: Any) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from localserver.jobs import (
 )
 from localserver.store import JobStore
 from tests.fake_worker import FakeWorker
+from tests.drip_server import drip_handler
 from tests.helpers import REPO, fast_request
 from tests.serve_process import ServeProcess, running_server, start_server, stop_server, wait_healthy
 from tests.s3_fixtures import S3Server, s3_server  # noqa: F401 - fixture
@@ -192,24 +193,7 @@ def test_settling_an_s3_folder_leaves_only_error_json(s3_server: S3Server) -> No
 # ---------------------------------------------------------------- serve.py with real worker processes
 
 
-class _Drip(http.server.BaseHTTPRequestHandler):
-    """Announces a 100 kB PNG, then sends one byte every 0.5 s."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.send_response(200)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", "100000")
-        self.end_headers()
-        for _ in range(240):
-            try:
-                self.wfile.write(b"\x89")
-                self.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.5)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+_Drip = drip_handler(240)  # bytes at 0.5 s each: 120 s at most
 
 
 @pytest.fixture(scope="module")
