@@ -278,13 +278,14 @@ def test_check_or_exit_names_every_problem(tmp_path):
         "STORAGE": "local",
         "LOCAL_OUTPUT_DIR": str(tmp_path / "outputs"),
         "MODELS_DIR": str(tmp_path / "models"),
-        "RUNPOD_ENDPOINT_ID": "abc123",  # PRELOAD_MODELS unset: RunPod preloads hunyuan3d-2
+        "RUNPOD_ENDPOINT_ID": "abc123",  # PRELOAD_MODELS unset: RunPod preloads hunyuan3d-2 and hunyuan3d-paint
     }
     with pytest.raises(SystemExit) as exited:
         check_or_exit(env, gpu_probe=no_gpu, hf_caches=[])
     text = str(exited.value.code)
-    assert "3 problem(s)" in text
+    assert "4 problem(s)" in text
     assert "  - weights: preloaded model 'hunyuan3d-2'" in text
+    assert "  - weights: preloaded model 'hunyuan3d-paint'" in text
     assert "  - storage: running on RunPod with local storage" in text
     assert "  - gpu: no CUDA GPU is visible" in text
 
