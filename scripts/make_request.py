@@ -15,12 +15,20 @@ import sys
 from pathlib import Path
 
 
+def _b64(path: str, what: str) -> str:
+    """The file's bytes as base64; a missing or unreadable file ends the script naming it."""
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode()
+    except OSError as exc:
+        raise SystemExit(f"make_request: cannot read the {what} {path!r}: {exc.strerror or exc}") from None
+
+
 def build_request(args: argparse.Namespace) -> dict:
-    job: dict = {"image_base64": base64.b64encode(Path(args.image).read_bytes()).decode()}
+    job: dict = {"image_base64": _b64(args.image, "picture")}
     if args.mask:
-        job["mask_base64"] = base64.b64encode(Path(args.mask).read_bytes()).decode()
+        job["mask_base64"] = _b64(args.mask, "mask")
     views = {
-        name: {"base64": base64.b64encode(Path(path).read_bytes()).decode()}
+        name: {"base64": _b64(path, f"{name} view")}
         for name, path in (("left", args.left), ("back", args.back), ("right", args.right))
         if path
     }
