@@ -13,7 +13,8 @@ hands the process one job at a time, relays its progress, and ends the job whate
   - the server shuts down while the job runs         -> FAILED after `drain_seconds`; the process is killed
 
 Every job that does not end COMPLETED has its storage folder settled (localserver.bundles): what it had
-uploaded is removed and error.json is left. It knows nothing about HTTP; `localserver.app` does.
+uploaded is removed and error.json is left. A job that fails by itself is settled before its state is
+published; a cancelled or timed-out one is published at once and settled when its process has stopped. It knows nothing about HTTP; `localserver.app` does.
 """
 from __future__ import annotations
 
@@ -394,22 +395,34 @@ class JobQueue:
             death = str(exc)
         seconds = time.monotonic() - started
         stage = (live.progress or {}).get("stage", "job")
+        settled = False
         with self._cond:
+            ending: tuple[str, dict[str, Any] | None, str | None] | None = None
             if live.stop_reason is None:
                 if death is not None:
-                    status, output = FAILED, None
                     error = (f"{stage}: the job's worker process crashed ({death}); the worker was restarted. "
                              "The job may have hit a bug in native code; submit it again or change its settings")
                     log.error("worker %d (pid %s): job %s: %s", n, worker.pid, row.id, error)
+                    ending = (FAILED, None, error)
                 else:
-                    status, output, error = self._classify(result, seconds)
-                self._end_live(live, status, output=output, error=error)
+                    ending = self._classify(result, seconds)
+                if ending[0] == COMPLETED:
+                    self._end_live(live, COMPLETED, output=ending[1])
+                    ending = None
+        if ending is not None:
+            # A job that failed by itself is published only once its folder holds error.json alone, so a
+            # client that sees FAILED never sees a half-settled folder.
+            self._settle(row.id, row.prefix, stage, ending[2] or ending[0], seconds)
+            settled = True
+        with self._cond:
+            if ending is not None:
+                self._end_live(live, ending[0], output=ending[1], error=ending[2])
             status = live.stop_reason
             error = self._store.get(row.id).error if self._store.get(row.id) else None  # type: ignore[union-attr]
             del self._live[row.id]
             self._slots[n].job = None
             self._cond.notify_all()
-        if status != COMPLETED:
+        if status != COMPLETED and not settled:
             self._settle(row.id, row.prefix, stage, error or status, seconds)
         return death is None
 

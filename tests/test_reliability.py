@@ -68,7 +68,8 @@ def make_queue(tmp_path: Path) -> Iterator[Callable[..., tuple[JobQueue, Path]]]
         root = tmp_path / "out"
         store = JobStore(tmp_path / "jobs.sqlite3")
         options = {"max_seconds": 30.0, "grace_seconds": 0.3, "cancel_grace": 0.3, **kwargs}
-        queue = JobQueue(store, lambda n: FakeWorker(n, root), storage=LocalStorage(root), **options)
+        storage = options.pop("storage", None) or LocalStorage(root)
+        queue = JobQueue(store, lambda n: FakeWorker(n, root), storage=storage, **options)
         queue.start()
         queue.wait_ready(10)
         made.append((queue, store))
@@ -124,6 +125,23 @@ def test_a_crash_fails_the_job_and_the_next_one_runs(make_queue: Callable) -> No
     assert queue.wait(ok.id, 10).status == COMPLETED
     assert_folder_whole(root, crash.id, FAILED)
     assert (root / crash.id / "error.json").is_file()
+
+
+class SlowLocalStorage(LocalStorage):
+    """Local storage whose writes take a while, as a network share's would."""
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> str:
+        time.sleep(0.5)
+        return super().put_bytes(key, data, content_type)
+
+
+def test_failed_is_published_only_once_the_folder_is_settled(make_queue: Callable, tmp_path: Path) -> None:
+    # A client that sees FAILED must find error.json alone, even while the server is still writing it.
+    queue, root = make_queue(storage=SlowLocalStorage(tmp_path / "out"))
+    crash = queue.submit({"behave": "crash"})
+    done = queue.wait(crash.id, 10)
+    assert done.status == FAILED
+    assert sorted(p.name for p in (root / crash.id).iterdir()) == ["error.json"]
 
 
 def test_the_queue_limit(make_queue: Callable) -> None:
